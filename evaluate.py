@@ -1,0 +1,130 @@
+"""Evaluation on the built-in task, where a gold judge knows every answer.
+
+Policies: SFT, Best-of-n (n SFT samples ranked by the Step-2 RM), PPO (Step 3), RLP-UML and
+RLP-SPG (Step 5). Each answers every evaluation instruction once at the evaluation temperature
+(paper: 0.7) and is compared with ONE fixed reference output per instruction: an SFT sample
+drawn once with its own seed (our stand-in for the paper's text-davinci-003 reference), so
+SFT's own win-rate is about 50% by construction. Win = higher gold score, tie = half.
+
+Reward models: the Step-2 RM and each re-learned RM, scored by pairwise accuracy on
+gold-labelled pairs (two samples at T = 1 for each evaluation instruction, exact gold ties
+dropped) drawn from SFT and from each trained policy: the paper's off-distribution claim.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+import models
+import reward
+import task
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of a normal-approximation 95% confidence interval."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / max(1, n - 1)
+    return mean, 1.96 * math.sqrt(var / n)
+
+
+def gold_pairs(tokenizer, records, prompts, outputs: list[list[str]], max_response_len: int) -> list[reward.Pair]:
+    """Gold-labelled pairs from two samples per instruction; exact gold ties are dropped."""
+    pairs = []
+    for rec, p, (a, b) in zip(records, prompts, outputs):
+        sa, sb = task.gold_score(rec["instruction"], rec["input"], a), task.gold_score(rec["instruction"],
+                                                                                      rec["input"], b)
+        if sa == sb:
+            continue
+        w, l = (a, b) if sa > sb else (b, a)
+        c_ids, r_ids = models.encode_responses(tokenizer, [w, l], max_response_len)
+        pairs.append(reward.Pair(p, c_ids, r_ids))
+    return pairs
+
+
+def score_outputs(records, outputs: list[str], reference: list[str]) -> dict:
+    gold = [task.gold_score(r["instruction"], r["input"], o) for r, o in zip(records, outputs)]
+    ref = [task.gold_score(r["instruction"], r["input"], o) for r, o in zip(records, reference)]
+    wins = [task.win_value(g, s) for g, s in zip(gold, ref)]
+    win, win_ci = mean_ci(wins)
+    mean, mean_ci_ = mean_ci(gold)
+    return {"win_rate": 100 * win, "win_rate_ci": 100 * win_ci, "gold_score": mean, "gold_score_ci": mean_ci_,
+            "accuracy": sum(g == 1.0 for g in gold) / len(gold)}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Evaluation on {results['n_eval']} held-out instructions of the built-in task; reference: "
+             f"{results['reference']}. ± = 95% CI over instructions.", "",
+             "| method | win-rate vs reference (%) | mean gold score | exact accuracy |", "|---|---|---|---|"]
+    for name, r in results["policies"].items():
+        lines.append(f"| {name} | {r['win_rate']:.1f} ± {r['win_rate_ci']:.1f} | {r['gold_score']:.3f} ± "
+                     f"{r['gold_score_ci']:.3f} | {100 * r['accuracy']:.1f}% |")
+    sources = list(next(iter(results["rm_accuracy"].values()), {}))
+    if sources:
+        lines += ["", "Reward-model pairwise accuracy (%) on gold-labelled pairs sampled from each policy:", "",
+                  "| reward model | " + " | ".join(f"{s} samples" for s in sources) + " |",
+                  "|---|" + "---|" * len(sources)]
+        for rm_name, accs in results["rm_accuracy"].items():
+            cells = [f"{100 * accs[s]['accuracy']:.1f} (n={accs[s]['pairs']})" for s in sources]
+            lines.append(f"| {rm_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(out_dir: Path, records, cfg, device, show: bool = True) -> tuple[dict, dict[str, list[str]]]:
+    """Everything `eval` reports; returns (results, outputs per method)."""
+    out_dir = Path(out_dir)
+    tokenizer = models.load_tokenizer(out_dir / "sft")
+    prompts = models.encode_prompts(tokenizer, records, cfg.prompt_style, cfg.max_prompt_len)
+    gen = dict(max_new_tokens=cfg.max_response_len, batch_size=cfg.gen_batch, show=show)
+    T = cfg.eval_temperature
+
+    policies = {"SFT": out_dir / "sft", "PPO": out_dir / "ppo" / "policy",
+                "RLP-UML": out_dir / "rlp_ppo_uml" / "policy", "RLP-SPG": out_dir / "rlp_ppo_spg" / "policy"}
+    policies = {k: v for k, v in policies.items() if (v / "config.json").is_file()}
+    rms = {"Step-2 RM": out_dir / "reward", "RLP-UML RM": out_dir / "rlp_reward_uml",
+           "RLP-SPG RM": out_dir / "rlp_reward_spg"}
+    rms = {k: v for k, v in rms.items() if (v / "config.json").is_file()}
+
+    outputs: dict[str, list[str]] = {}
+    pair_samples: dict[str, list[list[str]]] = {}
+    for i, (name, path) in enumerate(policies.items()):
+        policy = models.load_policy(path, device)
+        if name == "SFT":
+            g = models.make_generator(device, cfg.seed + 1000)
+            outputs["reference"] = [o[0] for o in models.generate_texts(policy, tokenizer, prompts, 1, T,
+                                                                        generator=g, desc="reference", **gen)]
+            g = models.make_generator(device, cfg.seed + 1001)
+            best_of = models.generate_texts(policy, tokenizer, prompts, cfg.best_of_n, T, generator=g,
+                                            desc=f"best-of-{cfg.best_of_n}", **gen)
+        g = models.make_generator(device, cfg.seed + 2000 + i)
+        outputs[name] = [o[0] for o in models.generate_texts(policy, tokenizer, prompts, 1, T, generator=g,
+                                                             desc=f"eval {name}", **gen)]
+        g = models.make_generator(device, cfg.seed + 3000 + i)
+        pair_samples[name] = models.generate_texts(policy, tokenizer, prompts, 2, 1.0, generator=g,
+                                                   desc=f"pairs {name}", **gen)
+        del policy
+
+    if "SFT" in policies and "Step-2 RM" in rms:  # Best-of-n: SFT samples ranked by the Step-2 RM
+        rm = models.load_scorer(rms["Step-2 RM"], device)
+        flat = [o for row in best_of for o in row]
+        scores = models.score_texts(rm, tokenizer, [p for p in prompts for _ in range(cfg.best_of_n)], flat,
+                                    cfg.max_response_len, cfg.gen_batch).view(len(prompts), cfg.best_of_n)
+        outputs["Best-of-n"] = [row[j] for row, j in zip(best_of, scores.argmax(-1).tolist())]
+
+    results = {"n_eval": len(records), "eval_temperature": T, "best_of_n": cfg.best_of_n,
+               "reference": "one SFT sample per instruction at the evaluation temperature (seed + 1000)",
+               "policies": {}, "rm_accuracy": {}}
+    for name in ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"]:
+        if name in outputs:
+            results["policies"][name] = score_outputs(records, outputs[name], outputs["reference"])
+
+    pairs = {src: gold_pairs(tokenizer, records, prompts, samples, cfg.max_response_len)
+             for src, samples in pair_samples.items()}
+    for rm_name, path in rms.items():
+        rm = models.load_scorer(path, device)
+        results["rm_accuracy"][rm_name] = {
+            src: reward.pairwise_accuracy(rm, p, tokenizer.pad_token_id, cfg.gen_batch) for src, p in pairs.items()}
+        del rm
+    return results, outputs

@@ -1,0 +1,331 @@
+"""Models, tokenizer, batching and sampling: the pieces every step shares.
+
+Conventions used everywhere in this repo (STYLE.md, "Tokens and masks"):
+  * prompts are LEFT-padded, responses RIGHT-padded, so a joined sequence is
+    [pad .. pad | prompt | response | pad .. pad] and every row's prompt ends at
+    the same column P. Masks come from lengths, never from `ids != pad`.
+  * position ids = cumsum(attention_mask) - 1 in every forward we write by hand.
+  * the response mask is 1.0 up to and including the first EOS, 0.0 after.
+  * sampling is exactly softmax(logits / T): no top-k, no top-p. Our own small
+    KV-cache loop does it (transformers' `generate` defaults to top_k=50 from a
+    model's generation_config, a classic source of PPO ratio bugs).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+
+transformers.utils.logging.disable_progress_bar()  # per-file load/save bars drown our own
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+# Every character the built-in task can produce or show (task.py checks this).
+CHARS = list("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ =:,.-+?!'\n")
+
+
+# ----------------------------------------------------------------------------- device
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs that support it, plain float32 on CPU."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- tokenizer and models
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer for the built-in task, saved beside every checkpoint
+    as an ordinary transformers tokenizer (tokenizer.json), so the same loading code
+    serves it and any Hugging Face model."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    vocab = {t: i for i, t in enumerate([PAD, EOS, UNK] + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters join with no spaces in between
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def new_tiny_llama(tokenizer, hidden: int, layers: int, heads: int, max_len: int, seed: int) -> LlamaForCausalLM:
+    """A small Llama initialised from scratch: the built-in default (no downloads)."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=max_len, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
+                      attention_dropout=0.0)
+    return LlamaForCausalLM(cfg)
+
+
+def load_tokenizer(path):
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        # STYLE.md 1: a pad token distinct from EOS, or masks and rewards get confused.
+        tok.add_special_tokens({"pad_token": PAD})
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(path, device) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    model.eval()  # dropout off (STYLE.md 4); training loops call .train() themselves
+    return model
+
+
+def load_scorer(path, device, fresh_head: bool = False) -> torch.nn.Module:
+    """A reward or value model: AutoModelForSequenceClassification with num_labels=1,
+    the layout TRL and OpenRLHF expect. Built from a causal-LM checkpoint the score
+    head is new; `fresh_head` zeroes it (the value model starts from the RM, STYLE.md 15)."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "newly initialised score head" is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if fresh_head:
+        torch.nn.init.zeros_(model.score.weight)
+        model.config.score_mean, model.config.score_std = 0.0, 1.0
+    model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    return model.to(device).eval()
+
+
+def backbone(model):
+    return getattr(model, model.base_model_prefix)
+
+
+def save_pretrained(model, tokenizer, path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                 "context. Write a response that appropriately completes the request.\n\n"
+                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+                          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def format_prompt(instruction: str, input: str, style: str) -> str:
+    """`compact` keeps the built-in char-level task short ("Add 12 7 ="); `alpaca` is
+    AlpacaFarm's prompt format for real models."""
+    if style == "compact":
+        return f"{instruction} {input} =" if input else f"{instruction} ="
+    if style == "alpaca":
+        return (ALPACA_PROMPT if input else ALPACA_PROMPT_NO_INPUT).format(instruction=instruction, input=input)
+    raise ValueError(f"unknown prompt style {style!r}")
+
+
+def encode_prompts(tokenizer, records, style: str, max_len: int) -> list[list[int]]:
+    """Token ids of each record's prompt; a prompt longer than `max_len` is an error
+    that names the file and line the record came from."""
+    from data import DataError, where
+    out = []
+    for rec in records:
+        ids = tokenizer(format_prompt(rec["instruction"], rec.get("input", ""), style)).input_ids
+        if len(ids) > max_len:
+            raise DataError(f"{where(rec)}: prompt is {len(ids)} tokens, longer than --max-prompt-len {max_len}")
+        out.append(ids)
+    return out
+
+
+def encode_responses(tokenizer, texts, max_len: int) -> list[list[int]]:
+    """Response text -> ids + EOS, cut at `max_len` tokens (then it has no EOS, as a
+    sampled response that ran out of room)."""
+    return [(tokenizer(t, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])[:max_len] for t in texts]
+
+
+def decode_responses(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    out = []
+    for row, m in zip(ids.tolist(), mask.sum(-1).long().tolist()):
+        row = row[:m]
+        if row and row[-1] == tokenizer.eos_token_id:
+            row = row[:-1]
+        out.append(tokenizer.decode(row))
+    return out
+
+
+# ----------------------------------------------------------------------------- batching
+
+def left_pad(seqs, pad_id: int, device=None):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(seqs, pad_id: int, device=None):
+    width = max(max(len(s) for s in seqs), 1)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1.0
+    return ids.to(device), mask.to(device)
+
+
+def response_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1.0 up to and including the first EOS, 0.0 after; all ones if a row has no EOS."""
+    is_eos = (ids == eos_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos  # EOS tokens strictly before t
+    return (eos_before == 0).float()
+
+
+def join(prompt_ids, prompt_mask, resp_ids, resp_mask):
+    """[left-padded prompt | right-padded response] -> ids, attention mask, position ids."""
+    ids = torch.cat([prompt_ids, resp_ids], 1)
+    attn = torch.cat([prompt_mask.long(), resp_mask.long()], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, pos
+
+
+# ----------------------------------------------------------------------------- forwards
+
+def response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
+    """Logits that predict each response token: [B, R, V] (position P-1+t predicts token t)."""
+    ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
+    P, R = prompt_ids.shape[1], resp_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+    return logits[:, P - 1:P - 1 + R].float()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) at the chosen tokens; the same T as the sampler (STYLE.md 3)."""
+    return torch.log_softmax(logits / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logp = torch.log_softmax(logits / temperature, -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
+    """Final-layer hidden state of the last real token of prompt+response: [B, H]."""
+    ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
+    hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    last = prompt_ids.shape[1] + resp_mask.sum(-1).long() - 1
+    return hidden[torch.arange(len(ids), device=ids.device), last]
+
+
+def head_score(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Scalar score from a hidden state, with the RM's stored normalisation
+    (STYLE.md 7: scores on SFT samples have mean 0, std 1)."""
+    raw = model.score(hidden).squeeze(-1).float()
+    mean = getattr(model.config, "score_mean", 0.0)
+    std = getattr(model.config, "score_std", 1.0)
+    return (raw - mean) / std
+
+
+def sequence_scores(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
+    """Reward model r(x, y): the score head on the last real token of prompt+response (Step 2)."""
+    return head_score(model, last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask))
+
+
+def token_values(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
+    """V_t for every response token, read at the hidden state that predicts token t
+    (the same positions as `response_logits`, STYLE.md 10): [B, R]."""
+    ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
+    P, R = prompt_ids.shape[1], resp_ids.shape[1]
+    hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    return model.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@torch.no_grad()
+def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
+           generator: torch.Generator | None = None):
+    """Batched sampling with a KV cache from exactly softmax(logits / T) (T = 0: greedy).
+    Returns response ids [B, R] (pad after the first EOS), their log-probs under the
+    same temperature, and the response mask."""
+    device = prompt_ids.device
+    B = prompt_ids.shape[0]
+    attn = prompt_mask.long()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    next_pos = pos[:, -1:] + 1
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, logps = [], []
+    for _ in range(max_new_tokens):
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, -1)
+            tok = torch.multinomial(probs.to(generator.device if generator else device), 1,
+                                    generator=generator).to(device).squeeze(-1)
+            logp = token_logprobs(logits, tok, temperature)
+        else:
+            tok = logits.argmax(-1)
+            logp = torch.zeros(B, device=device)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(torch.where(done, torch.zeros_like(logp), logp))
+        done |= tok == eos_id
+        if done.all():
+            break
+        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], 1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
+                    use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        next_pos = next_pos + 1
+    ids = torch.stack(tokens, 1)
+    mask = response_mask(ids, eos_id)
+    return ids, torch.stack(logps, 1) * mask, mask
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                   batch_size: int, generator: torch.Generator | None = None, desc: str | None = None,
+                   show: bool = True) -> list[list[str]]:
+    """n sampled response texts for each prompt, in chunks of `batch_size` sequences."""
+    from tqdm import tqdm
+    device = next(model.parameters()).device
+    model.eval()
+    flat = [p for p in prompt_ids for _ in range(n)]
+    texts = []
+    for i in tqdm(range(0, len(flat), batch_size), desc=desc, disable=not show or desc is None, leave=False):
+        ids, mask = left_pad(flat[i:i + batch_size], tokenizer.pad_token_id, device)
+        with autocast(device):
+            r_ids, _, r_mask = sample(model, ids, mask, max_new_tokens, temperature, tokenizer.eos_token_id,
+                                      tokenizer.pad_token_id, generator)
+        texts += decode_responses(tokenizer, r_ids, r_mask)
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+
+
+@torch.no_grad()
+def score_texts(rm, tokenizer, prompt_ids: list[list[int]], responses: list[str], max_response_len: int,
+                batch_size: int) -> torch.Tensor:
+    """r(x, y) for aligned lists of prompts and response texts (CPU tensor)."""
+    device = next(rm.parameters()).device
+    rm.eval()
+    resp = encode_responses(tokenizer, responses, max_response_len)
+    out = []
+    for i in range(0, len(resp), batch_size):
+        p_ids, p_mask = left_pad(prompt_ids[i:i + batch_size], tokenizer.pad_token_id, device)
+        r_ids, r_mask = right_pad(resp[i:i + batch_size], tokenizer.pad_token_id, device)
+        with autocast(device):
+            out.append(sequence_scores(rm, p_ids, p_mask, r_ids, r_mask).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def make_generator(device, seed: int) -> torch.Generator:
+    g = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    g.manual_seed(seed)
+    return g
+

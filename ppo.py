@@ -1,0 +1,254 @@
+"""Steps 3 and 5, policy optimisation: PPO with a per-token KL penalty against the SFT
+reference, GAE, and clipped policy and value losses (InstructGPT / AlpacaFarm style).
+
+One iteration:
+  rollout   sample responses from the policy at temperature T (models.sample)
+  score     r(x, y) from the frozen RM on the last valid token
+  shape     r_t = -beta * (log pi - log pi_ref) on every valid token, + r(x, y) on the last
+  GAE       advantages and returns from the value model (initialised from the RM)
+  update    several epochs of shuffled minibatches of the clipped objectives
+
+Shapes: every per-token tensor is [batch, response_len]; `mask` is 1.0 on valid response
+tokens (up to and including the first EOS), 0.0 after.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+import models
+from models import autocast
+
+
+# ----------------------------------------------------------------------------- the math
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(x * mask) / sum(mask) over the whole batch."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std with statistics over valid tokens only (STYLE.md 11); 0 on invalid tokens."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                         mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Step 3: r_t = -beta * (log pi(y_t) - log pi_ref(y_t)) on valid tokens, plus the RM score
+    r(x, y) on each row's last valid token (AlpacaFarm's convention; TRL puts it one later).
+    Unlike AlpacaFarm we do not clamp the KL term at >= 0: the estimator stays unbiased."""
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    last = mask.sum(-1).long() - 1  # index of the last valid token of each row
+    rows = torch.arange(len(scores), device=scores.device)
+    rewards[rows, last] += scores
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation, backwards in time:
+    delta_t = r_t + gamma * V_{t+1} - V_t (V = 0 after the last valid token),
+    A_t = delta_t + gamma * lam * A_{t+1}; returns = A + V. Both 0 on invalid tokens."""
+    values = values * mask
+    rewards = rewards * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        adv[:, t] = next_adv
+        next_value = values[:, t]
+    returns = (adv + values) * mask
+    return adv, returns
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO clipped surrogate: masked mean of max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)),
+    rho = exp(log pi - log pi_old)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range))
+    return masked_mean(loss, mask)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range: float) -> torch.Tensor:
+    """Clipped value loss: 0.5 * masked mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+class KLController:
+    """Fixed beta by default (AlpacaFarm); with `target`, the adaptive controller of
+    Ziegler et al. 2019: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon."""
+
+    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10000):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
+
+    def update(self, measured_kl: float, n_steps: int) -> None:
+        if self.target is not None:
+            error = min(max(measured_kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class PPOConfig:
+    iterations: int
+    rollout_batch: int
+    step_batch: int
+    ppo_epochs: int
+    lr: float
+    kl_coef: float
+    kl_target: float | None
+    kl_horizon: int
+    clip_range: float
+    clip_range_value: float
+    vf_coef: float
+    gamma: float
+    lam: float
+    temperature: float
+    max_response_len: int
+    max_grad_norm: float
+    no_eos_penalty: float | None
+    seed: int
+
+
+@torch.no_grad()
+def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PPOConfig, kl_coef: float,
+            generator: torch.Generator) -> dict:
+    """Sample, score and shape one batch; everything the update needs, no gradients."""
+    device = next(policy.parameters()).device
+    for m in (policy, ref, rm, value):
+        m.eval()
+    p_ids, p_mask = models.left_pad(prompts, tokenizer.pad_token_id, device)
+    with autocast(device):
+        r_ids, gen_logprobs, mask = models.sample(policy, p_ids, p_mask, cfg.max_response_len, cfg.temperature,
+                                                  tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        # Recomputed with a full forward, as the update will, so that the first ratio is 1.
+        logprobs = models.token_logprobs(models.response_logits(policy, p_ids, p_mask, r_ids, mask), r_ids,
+                                         cfg.temperature) * mask
+        ref_logprobs = models.token_logprobs(models.response_logits(ref, p_ids, p_mask, r_ids, mask), r_ids,
+                                             cfg.temperature) * mask
+        scores = models.sequence_scores(rm, p_ids, p_mask, r_ids, mask)
+        values = models.token_values(value, p_ids, p_mask, r_ids, mask) * mask
+    has_eos = ((r_ids == tokenizer.eos_token_id).float() * mask).sum(-1) > 0
+    rm_scores = scores.clone()
+    if cfg.no_eos_penalty is not None:  # STYLE.md 8: optional fixed score for responses that never end
+        scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_penalty))
+    rewards = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    advantages = masked_whiten(advantages, mask)  # returns were taken before whitening (STYLE.md 10)
+    return dict(p_ids=p_ids, p_mask=p_mask, r_ids=r_ids, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                values=values, advantages=advantages, returns=returns, rm_scores=rm_scores, has_eos=has_eos,
+                gen_logprobs=gen_logprobs)
+
+
+def update(policy, value, optimizer, batch: dict, cfg: PPOConfig, rng: random.Random) -> dict:
+    """cfg.ppo_epochs passes over the rollout in shuffled minibatches of cfg.step_batch."""
+    device = batch["p_ids"].device
+    policy.train()
+    value.train()
+    n = len(batch["p_ids"])
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl",
+                                                     "entropy", "value_clip_frac", "first_ratio")}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for epoch in range(cfg.ppo_epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        for start in range(0, n, cfg.step_batch):
+            idx = torch.tensor(order[start:start + cfg.step_batch], device=device)
+            mb = {k: v[idx] for k, v in batch.items()}
+            m = mb["mask"]
+            with autocast(device):
+                logits = models.response_logits(policy, mb["p_ids"], mb["p_mask"], mb["r_ids"], m)
+                new_values = models.token_values(value, mb["p_ids"], mb["p_mask"], mb["r_ids"], m)
+            logprobs = models.token_logprobs(logits, mb["r_ids"], cfg.temperature)
+            pl = policy_loss(logprobs, mb["logprobs"], mb["advantages"], m, cfg.clip_range)
+            vl = value_loss(new_values, mb["values"], mb["returns"], m, cfg.clip_range_value)
+            loss = pl + cfg.vf_coef * vl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                log_ratio = (logprobs - mb["logprobs"]) * m
+                ratio = log_ratio.exp()
+                stats["policy_loss"].append(pl.item())
+                stats["value_loss"].append(vl.item())
+                stats["clip_frac"].append(masked_mean(((ratio - 1).abs() > cfg.clip_range).float(), m).item())
+                stats["approx_kl"].append(masked_mean(0.5 * log_ratio ** 2, m).item())
+                stats["entropy"].append(masked_mean(models.entropy(logits.detach(), cfg.temperature), m).item())
+                stats["value_clip_frac"].append(
+                    masked_mean(((new_values - mb["values"]).abs() > cfg.clip_range_value).float(), m).item())
+                if epoch == 0 and start == 0:
+                    stats["first_ratio"].append(masked_mean(ratio, m).item())
+    policy.eval()
+    value.eval()
+    return {k: sum(v) / len(v) for k, v in stats.items() if v}
+
+
+def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], records: list[dict], cfg: PPOConfig,
+              metrics=None, gold: Callable[[dict, str], float] | None = None, desc: str = "ppo",
+              show: bool = True) -> KLController:
+    """Run cfg.iterations PPO iterations on the prompts (Step 3, and Step 5 with the re-learned RM).
+    `gold(record, text)`, when given (built-in task), logs the gold score of every rollout."""
+    device = next(policy.parameters()).device
+    for m in (ref, rm):
+        m.requires_grad_(False)  # frozen: no optimizer state, no gradients (STYLE.md 15)
+    params = list(policy.parameters()) + list(value.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)  # Adam eps 1e-5 (STYLE.md 14)
+    # linear decay to 0 over the run, stepped once per rollout (AlpacaFarm decays too)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - it / max(1, cfg.iterations))
+    kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    rng = random.Random(cfg.seed)
+    generator = models.make_generator(device, cfg.seed)
+    order: list[int] = []
+    bar = tqdm(range(cfg.iterations), desc=desc, disable=not show, leave=False)
+    for it in bar:
+        if len(order) < cfg.rollout_batch:
+            fresh = list(range(len(prompts)))
+            rng.shuffle(fresh)
+            order += fresh
+        idx, order = order[:cfg.rollout_batch], order[cfg.rollout_batch:]
+        batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in idx], cfg, kl.value, generator)
+        row = update(policy, value, optimizer, batch, cfg, rng)
+        sched.step()
+        mask = batch["mask"]
+        seq_kl = ((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(-1).mean().item()
+        row.update(
+            iteration=it, kl_coef=kl.value, lr=sched.get_last_lr()[0],
+            score=batch["rm_scores"].mean().item(), kl=seq_kl,
+            score_minus_kl=batch["rm_scores"].mean().item() - kl.value * seq_kl,
+            response_len=mask.sum(-1).mean().item(), eos_rate=batch["has_eos"].float().mean().item(),
+            explained_variance=explained_variance(batch["values"], batch["returns"], mask),
+        )
+        texts = models.decode_responses(tokenizer, batch["r_ids"], mask)
+        if gold is not None:
+            row["gold"] = sum(gold(records[i], t) for i, t in zip(idx, texts)) / len(idx)
+        kl.update(seq_kl, cfg.rollout_batch)
+        if metrics is not None:
+            metrics.log(**row, samples=[f"{records[i]['instruction']} {records[i]['input']} -> {t}"
+                                        for i, t in zip(idx[:3], texts[:3])])
+        bar.set_postfix(score=f"{row['score']:.2f}", kl=f"{seq_kl:.2f}",
+                        **({"gold": f"{row['gold']:.3f}"} if "gold" in row else {}))
+    return kl
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over valid tokens (1 = perfect value model)."""
+    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    diff = returns - values
+    var_d = masked_mean((diff - masked_mean(diff, mask)) ** 2, mask)
+    return (1.0 - var_d / var_r.clamp(min=1e-8)).item()

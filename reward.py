@@ -1,0 +1,122 @@
+"""Step 2, reward learning: an LM backbone with a scalar head, trained with the
+Bradley-Terry loss on preference pairs. Step 4 (rlp.py) reuses `train_reward_model`
+with its own pairs and an extra loss term (Eq. 1).
+
+r(x, y) = the score head applied to the final-layer hidden state of the last real
+token of prompt+response (models.sequence_scores), initialised from the SFT model.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import models
+from models import autocast
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Step 2 / Eq. 1, first term: -E[log sigma(r(x, y_w) - r(x, y_l))]."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+@dataclass
+class Pair:
+    """One preference, tokenised: prompt ids, chosen (y_w) ids, rejected (y_l) ids."""
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+def make_pairs(tokenizer, records, style: str, max_prompt_len: int, max_response_len: int) -> list[Pair]:
+    """AlpacaFarm preference records -> tokenised pairs (chosen = output_{preference})."""
+    prompts = models.encode_prompts(tokenizer, records, style, max_prompt_len)
+    chosen = [r["output_1"] if r["preference"] == 1 else r["output_2"] for r in records]
+    rejected = [r["output_2"] if r["preference"] == 1 else r["output_1"] for r in records]
+    c_ids = models.encode_responses(tokenizer, chosen, max_response_len)
+    r_ids = models.encode_responses(tokenizer, rejected, max_response_len)
+    return [Pair(p, c, r) for p, c, r in zip(prompts, c_ids, r_ids)]
+
+
+def pair_rewards(rm, pairs: list[Pair], pad_id: int, return_hidden: bool = False):
+    """Chosen and rejected rewards of a batch of pairs in one forward (STYLE.md 6)."""
+    device = next(rm.parameters()).device
+    p_ids, p_mask = models.left_pad([p.prompt for p in pairs] * 2, pad_id, device)
+    r_ids, r_mask = models.right_pad([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    with autocast(device):
+        scores = models.sequence_scores(rm, p_ids, p_mask, r_ids, r_mask)
+    return scores[:len(pairs)], scores[len(pairs):]
+
+
+@torch.no_grad()
+def pairwise_accuracy(rm, pairs: list[Pair], pad_id: int, batch_size: int = 64) -> dict:
+    """Fraction of pairs where r(y_w) > r(y_l) (a tie counts half), and the mean margin."""
+    rm.eval()
+    if not pairs:
+        return {"accuracy": float("nan"), "margin": float("nan"), "pairs": 0}
+    correct, margin = 0.0, 0.0
+    for i in range(0, len(pairs), batch_size):
+        c, r = pair_rewards(rm, pairs[i:i + batch_size], pad_id)
+        correct += ((c > r).float() + 0.5 * (c == r).float()).sum().item()
+        margin += (c - r).sum().item()
+    return {"accuracy": correct / len(pairs), "margin": margin / len(pairs), "pairs": len(pairs)}
+
+
+@torch.no_grad()
+def normalize_scores(rm, tokenizer, prompts: list[list[int]], responses: list[str], max_response_len: int,
+                     batch_size: int = 128) -> tuple[float, float]:
+    """STYLE.md 7: shift and scale the RM so its scores on SFT samples have mean 0, std 1
+    (stored in the config as score_mean / score_std), so the KL coefficient means the same
+    for every RM, including the re-learned ones of Step 4."""
+    rm.config.score_mean, rm.config.score_std = 0.0, 1.0
+    raw = models.score_texts(rm, tokenizer, prompts, responses, max_response_len, batch_size)
+    mean, std = raw.mean().item(), max(raw.std().item(), 1e-6)
+    rm.config.score_mean, rm.config.score_std = mean, std
+    return mean, std
+
+
+def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_size: int, epochs: float,
+                       max_grad_norm: float, seed: int, metrics=None, val_pairs: list[Pair] | None = None,
+                       extra_loss: Callable[[int], tuple[torch.Tensor, dict]] | None = None,
+                       extra_params=(), desc: str = "reward", show: bool = True) -> None:
+    """Minimise the Bradley-Terry loss over `pairs` (plus `extra_loss(step)`, Eq. 1's
+    lambda * L_M term in RLP-UML). AdamW, linear warm-up over the first 5% of steps,
+    then constant (our choice)."""
+    rng = random.Random(seed)
+    steps_per_epoch = max(1, len(pairs) // batch_size)
+    total = max(1, math.ceil(steps_per_epoch * epochs))
+    params = [p for p in rm.parameters() if p.requires_grad] + list(extra_params)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    order: list[int] = []
+    rm.train()
+    for step in tqdm(range(total), desc=desc, disable=not show, leave=False):
+        if len(order) < batch_size:
+            fresh = list(range(len(pairs)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [pairs[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        chosen, rejected = pair_rewards(rm, batch, pad_id)
+        loss = bradley_terry_loss(chosen, rejected)
+        row = {"bt_loss": loss.item(), "train_acc": (chosen > rejected).float().mean().item()}
+        if extra_loss is not None:
+            extra, extra_row = extra_loss(step)
+            loss = loss + extra
+            row.update(extra_row)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        row["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+        opt.step()
+        sched.step()
+        if metrics is not None and (step % 10 == 0 or step == total - 1):
+            metrics.log(step=step, lr=sched.get_last_lr()[0], **row)
+    rm.eval()
+    if metrics is not None and val_pairs:
+        metrics.log(step=total, **{f"val_{k}": v for k, v in pairwise_accuracy(rm, val_pairs, pad_id).items()})

@@ -1,0 +1,91 @@
+"""Step 4, reward re-learning on policy (the paper's contribution).
+
+  P = {(x, y_1..y_n)}: n samples per unlabelled instruction from the Step-3 policy,
+      drawn once (`build_policy_samples`) and shared by both variants.
+  Eq. 1:  L = -E_{D u D_hat}[log sigma(r(x, y_w) - r(x, y_l))] + lambda * L_M
+  RLP-UML: D_hat = {},  lambda > 0, L_M = the multi-view information bottleneck (ib_loss.py)
+  RLP-SPG: lambda = 0,  D_hat = synthetic preferences from P by self-consistency (spg.py)
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+import models
+import reward
+import spg
+from ib_loss import MIBHeads
+
+
+def build_policy_samples(policy, tokenizer, records: list[dict], prompts: list[list[int]], n: int,
+                         temperature: float, max_new_tokens: int, batch_size: int, seed: int,
+                         show: bool = True) -> list[dict]:
+    """Step 4: P, n outputs per instruction from the Step-3 policy (paper: n = 10, T = 1)."""
+    device = next(policy.parameters()).device
+    outputs = models.generate_texts(policy, tokenizer, prompts, n, temperature, max_new_tokens, batch_size,
+                                    models.make_generator(device, seed), desc="sampling P", show=show)
+    return [{"instruction": r["instruction"], "input": r["input"], "outputs": o} for r, o in zip(records, outputs)]
+
+
+def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: list[list[int]], lam: float,
+                batch_size: int, max_response_len: int, seed: int):
+    """Eq. 1's lambda * L_M on a fresh batch of P at every call: for each instruction, two
+    distinct policy samples are the two views v_1 = (x, y_1), v_2 = (x, y_2)."""
+    rng = random.Random(seed)
+    device = next(rm.parameters()).device
+    pad = tokenizer.pad_token_id
+
+    def extra_loss(step: int):
+        rows = rng.sample(range(len(samples)), min(batch_size, len(samples)))
+        y1, y2 = [], []
+        for i in rows:
+            a, b = rng.sample(range(len(samples[i]["outputs"])), 2)
+            y1.append(samples[i]["outputs"][a])
+            y2.append(samples[i]["outputs"][b])
+        p_ids, p_mask = models.left_pad([prompts[i] for i in rows] * 2, pad, device)
+        r_ids, r_mask = models.right_pad(models.encode_responses(tokenizer, y1 + y2, max_response_len), pad, device)
+        with models.autocast(device):
+            h = models.last_token_hidden(rm, p_ids, p_mask, r_ids, r_mask)  # both views in one forward
+        loss, stats = heads(h[:len(rows)], h[len(rows):])
+        return lam * loss, stats
+
+    return extra_loss
+
+
+def relearn_uml(rm, tokenizer, pairs: list[reward.Pair], samples: list[dict], prompts: list[list[int]], *,
+                lam: float, latent: int, hidden: int, uml_batch: int, max_response_len: int, seed: int,
+                train_kwargs: dict) -> MIBHeads:
+    """RLP-UML: Eq. 1 with D_hat = {} and lambda * L_M on P. Returns the MIB heads (saved beside the RM)."""
+    if any(len(s["outputs"]) < 2 for s in samples):
+        raise ValueError("RLP-UML needs n >= 2 policy samples per instruction (two views)")
+    torch.manual_seed(seed)
+    heads = MIBHeads(rm.config.hidden_size, hidden, latent).to(next(rm.parameters()).device)
+    extra = uml_loss_fn(rm, heads, tokenizer, samples, prompts, lam, uml_batch, max_response_len, seed)
+    reward.train_reward_model(rm, pairs, tokenizer.pad_token_id, seed=seed, extra_loss=extra,
+                              extra_params=list(heads.parameters()), desc="rlp-uml reward", **train_kwargs)
+    return heads
+
+
+def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: list[list[int]], *, gamma: float,
+                          max_response_len: int, batch_size: int, seed: int, cluster) -> tuple[list[dict], dict]:
+    """RLP-SPG's D_hat: score every output of P with the Step-2 RM (it picks y_w inside the
+    largest cluster), then keep the instructions whose confidence passes gamma (spg.py)."""
+    n = len(samples[0]["outputs"]) if samples else 0
+    flat_prompts = [p for p, s in zip(prompts, samples) for _ in s["outputs"]]
+    flat_outputs = [o for s in samples for o in s["outputs"]]
+    scores = models.score_texts(rm_step2, tokenizer, flat_prompts, flat_outputs, max_response_len, batch_size)
+    per_row, k = [], 0
+    for s in samples:
+        per_row.append(scores[k:k + len(s["outputs"])].tolist())
+        k += len(s["outputs"])
+    pairs, stats = spg.synthesize(samples, per_row, gamma, seed, cluster)
+    stats["n"] = n
+    return pairs, stats
+
+
+def relearn_spg(rm, tokenizer, human_pairs: list[reward.Pair], synthetic: list[reward.Pair], *, seed: int,
+                train_kwargs: dict) -> None:
+    """RLP-SPG: Eq. 1 with lambda = 0 on D u D_hat."""
+    reward.train_reward_model(rm, human_pairs + synthetic, tokenizer.pad_token_id, seed=seed,
+                              desc="rlp-spg reward", **train_kwargs)

@@ -1,0 +1,496 @@
+"""Reward Learning on Policy (RLP, Lang et al., NAACL 2024): the whole pipeline.
+
+    python train.py                          # every stage, built-in task, runs/default
+    python train.py --stage ppo --force      # redo one stage
+    torchrun --nproc_per_node=1 train.py     # the same run under torchrun
+
+Stages (each writes DIR/<stage>/ with a DONE marker once all its outputs are on disk;
+`all` skips a stage whose output is complete, `--force` redoes it):
+    data        the built-in task's splits (AlpacaFarm format)          -> data/*.jsonl
+    sft         Step 0, supervised fine-tuning                           -> sft/
+    prefs       Step 1, two SFT samples per instruction + annotator       -> prefs/prefs.jsonl
+    reward      Step 2, Bradley-Terry reward model from SFT               -> reward/
+    ppo         Step 3, PPO from SFT against the Step-2 RM                -> ppo/policy, ppo/value
+    rlp_reward  Step 4, policy samples P, then the RM re-learned (Eq. 1) -> rlp_samples/, rlp_reward_{uml,spg}/
+    rlp_ppo     Step 5, PPO from SFT against each re-learned RM          -> rlp_ppo_{uml,spg}/
+    eval        win-rate and gold score of every policy, RM accuracy     -> eval/results.{json,md}
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STAGES = ["data", "sft", "prefs", "reward", "ppo", "rlp_reward", "rlp_ppo", "eval"]
+
+
+def opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # ---- run
+    stage: str = opt("all", "stage to run: " + ", ".join(STAGES) + " or all")
+    method: str = opt("both", "RLP variant for rlp_reward / rlp_ppo: uml, spg or both (all runs both)")
+    out: str = opt("runs/default", "run folder; every stage reads earlier stages from here")
+    force: bool = opt(False, "redo stages whose output is already complete")
+    seed: int = opt(0, "seed for the task sample, the initialisation and the sampling")
+    quiet: bool = opt(False, "no progress bars")
+    # ---- model (built-in default: a small Llama from scratch with a char-level tokenizer)
+    model: str = opt("", "Hugging Face causal LM (hub id or local path); empty = the built-in tiny Llama")
+    model_hidden: int = opt(128, "built-in model width (ours; 4 layers x 128 learns the task in minutes, MEASURED.md)")
+    model_layers: int = opt(4, "built-in model depth (ours)")
+    model_heads: int = opt(4, "built-in model attention heads (ours)")
+    prompt_style: str = opt("auto", "prompt format: compact (built-in task), alpaca (AlpacaFarm's), auto")
+    max_prompt_len: int = opt(32, "max prompt tokens; longer prompts are an error (paper/AlpacaFarm: 192; ours "
+                                  "for the char-level task)")
+    max_response_len: int = opt(8, "max response tokens incl. EOS (paper/AlpacaFarm: 300; the task's answers "
+                                   "need <= 6)")
+    # ---- built-in data (AlpacaFarm split sizes are 10k / 10k / 20k / 805; ours fit the CPU budget)
+    n_sft: int = opt(10000, "SFT demonstrations (paper: 10k)")
+    n_pref: int = opt(4000, "preference instructions (paper: 10k; ours, for time)")
+    n_unlabeled: int = opt(2000, "unlabelled instructions U for PPO and Step 4 (paper: 20k; ours, for time)")
+    n_eval: int = opt(500, "evaluation instructions (AlpacaFarm eval: 805)")
+    flip_rate: float = opt(0.25, "Step-1 simulated annotator label-flip rate (AlpacaFarm: ~25%)")
+    # ---- Step 0: SFT
+    sft_steps: int = opt(1500, "SFT optimizer steps (ours: a fixed count, ~2 min on 2 CPU cores)")
+    sft_batch: int = opt(64, "SFT batch size (AlpacaFarm: 128)")
+    sft_lr: float = opt(1e-3, "SFT peak learning rate (AlpacaFarm: 2e-5 for a pretrained 7B; ours, from scratch)")
+    sft_warmup: int = opt(50, "SFT warm-up steps (ours)")
+    # ---- Step 1: preferences
+    pref_temperature: float = opt(1.0, "sampling temperature for the two outputs (paper: 1.0 in training)")
+    # ---- Step 2: reward model
+    rm_lr: float = opt(5e-5, "RM learning rate (AlpacaFarm: 3e-6 for 7B; ours for the tiny model)")
+    rm_batch: int = opt(32, "RM batch size in pairs (AlpacaFarm: 16)")
+    rm_epochs: float = opt(2.0, "RM epochs over the preference pairs (AlpacaFarm: 1)")
+    rm_val_fraction: float = opt(0.1, "fraction of preference pairs held out for RM accuracy (ours)")
+    max_grad_norm: float = opt(1.0, "gradient clipping for every stage (AlpacaFarm: 1.0)")
+    # ---- Steps 3 and 5: PPO
+    ppo_iterations: int = opt(60, "PPO iterations (rollouts) (ours; AlpacaFarm notes PPO peaks after ~20-80 steps)")
+    rollout_batch: int = opt(128, "prompts per rollout (AlpacaFarm: 512)")
+    step_batch: int = opt(64, "PPO minibatch size per optimizer step (AlpacaFarm: 256)")
+    ppo_epochs: int = opt(2, "PPO epochs per rollout (AlpacaFarm: 2)")
+    ppo_lr: float = opt(2e-5, "PPO learning rate, policy and value (AlpacaFarm: 1e-5)")
+    kl_coef: float = opt(0.0067, "KL penalty coefficient beta (AlpacaFarm: 0.0067 simulated, 0.02 human)")
+    kl_target: float = opt(0.0, "target KL for the adaptive controller (Ziegler et al.); 0 = fixed beta "
+                                "(AlpacaFarm: fixed)")
+    kl_horizon: int = opt(10000, "adaptive KL controller horizon (Ziegler et al.: 10000)")
+    clip_range: float = opt(0.2, "PPO policy clip range (AlpacaFarm: 0.2)")
+    clip_range_value: float = opt(0.2, "PPO value clip range (AlpacaFarm: 0.2)")
+    vf_coef: float = opt(0.1, "value loss coefficient (AlpacaFarm: 0.1)")
+    gamma: float = opt(1.0, "GAE discount (AlpacaFarm: 1)")
+    lam: float = opt(1.0, "GAE lambda (AlpacaFarm: 1)")
+    temperature: float = opt(1.0, "rollout sampling temperature, also used for all training log-probs (paper: 1.0)")
+    no_eos_penalty: float = opt(float("nan"), "score given to responses that never emit EOS; nan = off (ours)")
+    # ---- Step 4: reward re-learning on policy
+    rlp_n: int = opt(10, "policy samples per unlabelled instruction, n (paper: 10)")
+    rlp_temperature: float = opt(1.0, "temperature for the policy sample set P (paper: 1.0)")
+    spg_gamma: float = opt(0.5, "SPG confidence threshold gamma (paper: 0.5)")
+    uml_lambda: float = opt(0.5, "UML weight lambda of L_M in Eq. 1 (paper: 0.5)")
+    uml_latent: int = opt(64, "UML latent size of z (ours; Federici et al. use 64)")
+    uml_hidden: int = opt(256, "UML MLP width of the mu, sigma and critic heads (ours)")
+    uml_batch: int = opt(32, "instructions of P per UML step (ours: = rm_batch)")
+    rlp_init: str = opt("sft", "re-learned RM starts from: sft (same start as Step 2, ours) or rm (the Step-2 RM)")
+    # ---- evaluation
+    eval_temperature: float = opt(0.7, "sampling temperature at evaluation (paper: 0.7)")
+    best_of_n: int = opt(16, "n for the Best-of-n baseline (ours; AlpacaFarm reports best-of-16)")
+    gen_batch: int = opt(500, "sequences per sampling/scoring chunk (ours; MEASURED.md: ~250 prompts is fastest)")
+
+    def __post_init__(self):
+        if self.stage not in STAGES + ["all"]:
+            raise SystemExit(f"error: --stage must be one of {', '.join(STAGES + ['all'])}, got {self.stage!r}")
+        if self.method not in ("uml", "spg", "both"):
+            raise SystemExit(f"error: --method must be uml, spg or both, got {self.method!r}")
+        if self.rlp_init not in ("sft", "rm"):
+            raise SystemExit(f"error: --rlp-init must be sft or rm, got {self.rlp_init!r}")
+        if self.prompt_style == "auto":
+            self.prompt_style = "compact" if not self.model else "alpaca"
+        if self.rollout_batch % self.step_batch:
+            raise SystemExit(f"error: --rollout-batch {self.rollout_batch} must be a multiple of --step-batch "
+                             f"{self.step_batch}")
+        if self.rlp_n < 2:
+            raise SystemExit("error: --rlp-n must be >= 2 (UML needs two views, SPG needs clusters)")
+
+
+RUN_ONLY = {"stage", "method", "out", "force", "quiet"}  # do not change what a run computes
+
+
+def parse_args(argv=None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=typ, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+    return Config(**vars(p.parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+class Run:
+    """What every stage needs: config, device, folders, logging."""
+
+    def __init__(self, cfg: Config):
+        import torch
+        import models
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.device = models.pick_device()
+        self.show = not cfg.quiet
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+    def log(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def records(self, split: str, schema):
+        import data
+        return data.read_records(self.out / "data" / f"{split}.jsonl", schema)
+
+    def tokenizer(self):
+        import models
+        return models.load_tokenizer(data_require(self, "sft"))
+
+    def prompts(self, tokenizer, records):
+        import models
+        return models.encode_prompts(tokenizer, records, self.cfg.prompt_style, self.cfg.max_prompt_len)
+
+    def gold(self):
+        import task
+        return lambda rec, text: task.gold_score(rec["instruction"], rec["input"], text)
+
+
+def data_require(run: Run, stage: str) -> Path:
+    import data
+    hint = "rlp_reward" if stage.startswith(("rlp_samples", "rlp_reward")) else None
+    return data.require(run.out, stage, hint=hint)
+
+
+def sft_sample_texts(run: Run, tokenizer):
+    """SFT samples (both outputs of every Step-1 pair) with their prompts: the distribution
+    on which every RM is normalised to mean 0, std 1."""
+    import data
+    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
+    prompts = run.prompts(tokenizer, recs)
+    return [p for p in prompts for _ in range(2)], [o for r in recs for o in (r["output_1"], r["output_2"])]
+
+
+def train_kwargs(cfg: Config, metrics, val_pairs=None, show=True) -> dict:
+    return dict(lr=cfg.rm_lr, batch_size=cfg.rm_batch, epochs=cfg.rm_epochs, max_grad_norm=cfg.max_grad_norm,
+                metrics=metrics, val_pairs=val_pairs, show=show)
+
+
+def split_pairs(records, fraction: float, seed: int):
+    rng = random.Random(seed)
+    idx = list(range(len(records)))
+    rng.shuffle(idx)
+    n_val = int(round(fraction * len(records)))
+    val = sorted(idx[:n_val])
+    train = sorted(idx[n_val:])
+    return [records[i] for i in train], [records[i] for i in val]
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_data(run: Run, dest: Path) -> None:
+    import data
+    import task
+    cfg = run.cfg
+    splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval)
+    for name, rows in splits.items():
+        data.write_records(dest / f"{name}.jsonl", rows)
+    run.log("  " + ", ".join(f"{k}: {len(v)}" for k, v in splits.items()))
+
+
+def stage_sft(run: Run, dest: Path, metrics) -> None:
+    import data
+    import models
+    from sft import train_sft
+    cfg = run.cfg
+    recs = run.records("sft", data.DEMO)
+    if cfg.model:
+        tokenizer = models.load_tokenizer(cfg.model)
+        model = models.load_policy(cfg.model, run.device)
+    else:
+        tokenizer = models.build_char_tokenizer()
+        model = models.new_tiny_llama(tokenizer, cfg.model_hidden, cfg.model_layers, cfg.model_heads,
+                                      cfg.max_prompt_len + cfg.max_response_len, cfg.seed).to(run.device)
+    prompts = run.prompts(tokenizer, recs)
+    responses = models.encode_responses(tokenizer, [r["output"] for r in recs], cfg.max_response_len)
+    run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(recs)} demonstrations")
+    train_sft(model, tokenizer, prompts, responses, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.sft_lr,
+              warmup=cfg.sft_warmup, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, metrics=metrics, show=run.show)
+    models.save_pretrained(model, tokenizer, dest)
+
+
+def stage_prefs(run: Run, dest: Path, metrics) -> None:
+    import data
+    import models
+    import task
+    cfg = run.cfg
+    tokenizer = run.tokenizer()
+    policy = models.load_policy(data_require(run, "sft"), run.device)
+    recs = run.records("pref", data.INSTRUCTION)
+    outputs = models.generate_texts(policy, tokenizer, run.prompts(tokenizer, recs), 2, cfg.pref_temperature,
+                                    cfg.max_response_len, cfg.gen_batch,
+                                    models.make_generator(run.device, cfg.seed + 1), desc="prefs", show=run.show)
+    rng = random.Random(cfg.seed + 1)
+    rows, agree, gold = [], 0, 0.0
+    for r, (o1, o2) in zip(recs, outputs):
+        pref = task.annotate(r["instruction"], r["input"], o1, o2, cfg.flip_rate, rng)
+        agree += pref == task.gold_preference(r["instruction"], r["input"], o1, o2)
+        gold += (task.gold_score(r["instruction"], r["input"], o1) + task.gold_score(r["instruction"], r["input"],
+                                                                                      o2)) / 2
+        rows.append({"instruction": r["instruction"], "input": r["input"], "output_1": o1, "output_2": o2,
+                     "preference": pref})
+    data.write_records(dest / "prefs.jsonl", rows)
+    stats = dict(pairs=len(rows), label_gold_agreement=agree / len(rows), sft_gold_score=gold / len(rows),
+                 identical_pairs=sum(o1 == o2 for o1, o2 in outputs) / len(rows))
+    metrics.log(**stats)
+    run.log(f"  {stats}")
+
+
+def stage_reward(run: Run, dest: Path, metrics) -> None:
+    import data
+    import models
+    import reward
+    import task
+    cfg = run.cfg
+    tokenizer = run.tokenizer()
+    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
+    train_recs, val_recs = split_pairs(recs, cfg.rm_val_fraction, cfg.seed)
+    pairs = lambda rs: reward.make_pairs(tokenizer, rs, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
+    train, val = pairs(train_recs), pairs(val_recs)
+    rm = models.load_scorer(data_require(run, "sft"), run.device)
+    reward.train_reward_model(rm, train, tokenizer.pad_token_id, seed=cfg.seed, desc="reward",
+                              **train_kwargs(cfg, metrics, val, run.show))
+    mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
+    # held-out accuracy against the (noisy) annotator labels and against the gold judge
+    gold_val = [{**r, "preference": task.gold_preference(r["instruction"], r["input"], r["output_1"], r["output_2"])}
+                for r in val_recs if task.gold_score(r["instruction"], r["input"], r["output_1"])
+                != task.gold_score(r["instruction"], r["input"], r["output_2"])]
+    stats = {"val_accuracy_annotator": reward.pairwise_accuracy(rm, val, tokenizer.pad_token_id)["accuracy"],
+             "val_accuracy_gold": reward.pairwise_accuracy(rm, pairs(gold_val), tokenizer.pad_token_id)["accuracy"],
+             "val_gold_pairs": len(gold_val), "score_mean": mean, "score_std": std}
+    metrics.log(**stats)
+    run.log(f"  held-out accuracy: {stats['val_accuracy_annotator']:.3f} vs annotator labels, "
+            f"{stats['val_accuracy_gold']:.3f} vs gold ({len(gold_val)} non-tied pairs)")
+    models.save_pretrained(rm, tokenizer, dest)
+
+
+def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
+    """Steps 3 and 5: PPO from SFT (also the frozen reference) against the RM in rm_dir;
+    the value model starts from that RM with a zeroed head."""
+    import data
+    import models
+    from ppo import PPOConfig, train_ppo
+    cfg = run.cfg
+    tokenizer = run.tokenizer()
+    sft_dir = data_require(run, "sft")
+    policy, ref = models.load_policy(sft_dir, run.device), models.load_policy(sft_dir, run.device)
+    rm = models.load_scorer(rm_dir, run.device)
+    value = models.load_scorer(rm_dir, run.device, fresh_head=True)
+    recs = run.records("unlabeled", data.INSTRUCTION)
+    pcfg = PPOConfig(iterations=cfg.ppo_iterations, rollout_batch=cfg.rollout_batch, step_batch=cfg.step_batch,
+                     ppo_epochs=cfg.ppo_epochs, lr=cfg.ppo_lr, kl_coef=cfg.kl_coef,
+                     kl_target=cfg.kl_target or None, kl_horizon=cfg.kl_horizon, clip_range=cfg.clip_range,
+                     clip_range_value=cfg.clip_range_value, vf_coef=cfg.vf_coef, gamma=cfg.gamma, lam=cfg.lam,
+                     temperature=cfg.temperature, max_response_len=cfg.max_response_len,
+                     max_grad_norm=cfg.max_grad_norm,
+                     no_eos_penalty=None if cfg.no_eos_penalty != cfg.no_eos_penalty else cfg.no_eos_penalty,
+                     seed=cfg.seed + 7)
+    train_ppo(policy, ref, rm, value, tokenizer, run.prompts(tokenizer, recs), recs, pcfg, metrics=metrics,
+              gold=run.gold(), desc=desc, show=run.show)
+    models.save_pretrained(policy, tokenizer, dest / "policy")
+    models.save_pretrained(value, tokenizer, dest / "value")
+
+
+def stage_ppo(run: Run, dest: Path, metrics) -> None:
+    run_ppo(run, data_require(run, "reward"), dest, metrics, "ppo")
+
+
+def stage_rlp_samples(run: Run, dest: Path, metrics) -> None:
+    """Step 4, first half: the policy sample set P, drawn once and shared by UML and SPG."""
+    import data
+    import models
+    import rlp
+    cfg = run.cfg
+    tokenizer = run.tokenizer()
+    policy = models.load_policy(data_require(run, "ppo") / "policy", run.device)
+    recs = run.records("unlabeled", data.INSTRUCTION)
+    samples = rlp.build_policy_samples(policy, tokenizer, recs, run.prompts(tokenizer, recs), cfg.rlp_n,
+                                       cfg.rlp_temperature, cfg.max_response_len, cfg.gen_batch, cfg.seed + 4,
+                                       show=run.show)
+    data.write_records(dest / "P.jsonl", samples)
+    metrics.log(instructions=len(samples), n=cfg.rlp_n)
+
+
+def new_rlp_rm(run: Run):
+    import models
+    init = data_require(run, "sft") if run.cfg.rlp_init == "sft" else data_require(run, "reward")
+    rm = models.load_scorer(init, run.device)
+    rm.config.score_mean, rm.config.score_std = 0.0, 1.0  # trained raw, normalised afterwards like Step 2
+    return rm
+
+
+def human_pairs(run: Run, tokenizer):
+    """D: the Step-1 pairs used to train the Step-2 RM (same train split, same held-out split)."""
+    import data
+    import reward
+    cfg = run.cfg
+    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
+    train_recs, val_recs = split_pairs(recs, cfg.rm_val_fraction, cfg.seed)
+    mk = lambda rs: reward.make_pairs(tokenizer, rs, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
+    return mk(train_recs), mk(val_recs)
+
+
+def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
+    import data
+    import models
+    import reward
+    import rlp
+    from safetensors.torch import save_file
+    cfg = run.cfg
+    tokenizer = run.tokenizer()
+    samples = data.read_records(data_require(run, "rlp_samples") / "P.jsonl", data.SAMPLES)
+    train, val = human_pairs(run, tokenizer)
+    rm = new_rlp_rm(run)
+    heads = rlp.relearn_uml(rm, tokenizer, train, samples, run.prompts(tokenizer, samples), lam=cfg.uml_lambda,
+                            latent=cfg.uml_latent, hidden=cfg.uml_hidden, uml_batch=cfg.uml_batch,
+                            max_response_len=cfg.max_response_len, seed=cfg.seed + 5,
+                            train_kwargs=train_kwargs(cfg, metrics, val, run.show))
+    mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
+    metrics.log(score_mean=mean, score_std=std)
+    models.save_pretrained(rm, tokenizer, dest)
+    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(dest / "uml_heads.safetensors"))
+    data.write_json(dest / "uml_heads.json", heads.config())
+
+
+def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
+    import data
+    import models
+    import reward
+    import rlp
+    import spg
+    import task
+    cfg = run.cfg
+    tokenizer = run.tokenizer()
+    samples = data.read_records(data_require(run, "rlp_samples") / "P.jsonl", data.SAMPLES)
+    prompts = run.prompts(tokenizer, samples)
+    rm_step2 = models.load_scorer(data_require(run, "reward"), run.device)
+    synthetic, stats = rlp.synthetic_preferences(
+        rm_step2, tokenizer, samples, prompts, gamma=cfg.spg_gamma, max_response_len=cfg.max_response_len,
+        batch_size=cfg.gen_batch, seed=cfg.seed + 6, cluster=lambda outs: spg.cluster_by_key(outs, task.normalize))
+    del rm_step2
+    # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
+    correct = [task.win_value(task.gold_score(r["instruction"], r["input"], r["output_1"]),
+                              task.gold_score(r["instruction"], r["input"], r["output_2"])) for r in synthetic]
+    stats["label_accuracy_gold"] = sum(correct) / max(1, len(correct))
+    metrics.log(**stats)
+    run.log(f"  SPG: {stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}, "
+            f"{stats['pairs']} pairs, synthetic-label accuracy vs gold {stats['label_accuracy_gold']:.3f}")
+    data.write_records(dest / "synthetic_prefs.jsonl", synthetic)
+    train, val = human_pairs(run, tokenizer)
+    synth_pairs = reward.make_pairs(tokenizer, synthetic, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
+    rm = new_rlp_rm(run)
+    rlp.relearn_spg(rm, tokenizer, train, synth_pairs, seed=cfg.seed + 6,
+                    train_kwargs=train_kwargs(cfg, metrics, val, run.show))
+    mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
+    metrics.log(score_mean=mean, score_std=std)
+    models.save_pretrained(rm, tokenizer, dest)
+
+
+def stage_rlp_ppo(method: str):
+    def stage(run: Run, dest: Path, metrics) -> None:
+        run_ppo(run, data_require(run, f"rlp_reward_{method}"), dest, metrics, f"rlp-ppo-{method}")
+    return stage
+
+
+def stage_eval(run: Run, dest: Path, metrics) -> None:
+    import data
+    import evaluate
+    recs = run.records("eval", data.INSTRUCTION)
+    results, outputs = evaluate.evaluate(run.out, recs, run.cfg, run.device, show=run.show)
+    rows = [{"instruction": r["instruction"], "input": r["input"], **{k: v[i] for k, v in outputs.items()}}
+            for i, r in enumerate(recs)]
+    data.write_records(dest / "outputs.jsonl", rows)
+    data.write_json(dest / "results.json", results)
+    table = evaluate.markdown(results)
+    data.atomic_write_text(dest / "results.md", table)
+    metrics.log(**{f"{k}_win_rate": v["win_rate"] for k, v in results["policies"].items()})
+    run.log("\n" + table)
+
+
+def plan(cfg: Config) -> list[tuple[str, object]]:
+    """(output folder, stage function) in pipeline order for the requested --stage/--method."""
+    methods = ["uml", "spg"] if cfg.method == "both" or cfg.stage == "all" else [cfg.method]
+    table = {
+        "data": [("data", lambda run, dest, metrics: stage_data(run, dest))],
+        "sft": [("sft", stage_sft)],
+        "prefs": [("prefs", stage_prefs)],
+        "reward": [("reward", stage_reward)],
+        "ppo": [("ppo", stage_ppo)],
+        "rlp_reward": [("rlp_samples", stage_rlp_samples)] + [
+            (f"rlp_reward_{m}", {"uml": stage_rlp_uml, "spg": stage_rlp_spg}[m]) for m in methods],
+        "rlp_ppo": [(f"rlp_ppo_{m}", stage_rlp_ppo(m)) for m in methods],
+        "eval": [("eval", stage_eval)],
+    }
+    names = STAGES if cfg.stage == "all" else [cfg.stage]
+    return [item for name in names for item in table[name]]
+
+
+def check_settings(cfg: Config, out: Path) -> None:
+    """Save the settings with the run (config.json)."""
+    import data
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
+    data.write_json(out / "config.json", settings)
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(argv)
+    import data
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(cfg, out)
+    run = Run(cfg)
+    run.log(f"RLP run in {out}  device={run.device}  stage={cfg.stage}")
+    if cfg.stage not in ("all", "data") and not data.is_complete(out, "data"):
+        run.log("[data] built-in task splits")  # cheap and deterministic: made on demand
+        with data.stage_output(out, "data") as dest:
+            stage_data(run, dest)
+    t_all = time.time()
+    for name, fn in plan(cfg):
+        if data.is_complete(out, name) and not cfg.force:
+            run.log(f"[{name}] complete, skipped (--force to redo)")
+            continue
+        run.log(f"[{name}]")
+        t0 = time.time()
+        with data.stage_output(out, name) as dest:
+            metrics = data.Metrics(dest / "metrics.jsonl")
+            try:
+                fn(run, dest, metrics)
+                metrics.log(stage_seconds=round(time.time() - t0, 1))
+            finally:
+                metrics.close()
+        run.log(f"[{name}] done in {time.time() - t0:.1f}s")
+        with open(out / "timings.jsonl", "a") as f:
+            f.write(json.dumps({"stage": name, "seconds": round(time.time() - t0, 1)}) + "\n")
+    run.log(f"finished in {time.time() - t_all:.1f}s")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # bad data: one clear line, not a traceback
+        import data
+        if isinstance(e, data.DataError):
+            sys.exit(f"error: {e}")
+        raise
