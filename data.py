@@ -49,7 +49,9 @@ def read_records(path, schema: dict) -> list[dict]:
         items = [(i + 1, d) for i, d in enumerate(data)]
         unit = "record"
     else:
-        for lineno, line in enumerate(text.splitlines(), 1):
+        # split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which
+        # json.dumps(ensure_ascii=False) leaves unescaped inside strings
+        for lineno, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -69,8 +71,8 @@ def read_records(path, schema: dict) -> list[dict]:
                 raise DataError(f"{loc}: field {field!r} should be {typ.__name__}, got {type(rec[field]).__name__}")
         if "preference" in schema and rec["preference"] not in (1, 2):
             raise DataError(f"{loc}: field 'preference' should be 1 or 2, got {rec['preference']!r}")
-        if "outputs" in schema and not all(isinstance(o, str) for o in rec["outputs"]):
-            raise DataError(f"{loc}: field 'outputs' should be a list of strings")
+        if "outputs" in schema and (not rec["outputs"] or not all(isinstance(o, str) for o in rec["outputs"])):
+            raise DataError(f"{loc}: field 'outputs' should be a non-empty list of strings")
         out.append({**rec, "_where": loc})
     return out
 

@@ -33,6 +33,12 @@ def jsd_mutual_information(critic_pos: torch.Tensor, critic_neg: torch.Tensor) -
     return (-F.softplus(-critic_pos)).mean() - F.softplus(critic_neg).mean()
 
 
+def beta_schedule(step: int, total: int, start: float = 1e-3, end: float = 1.0) -> float:
+    """SKL weight rising exponentially from `start` to `end` over `total` steps: Federici et al.'s
+    MIB warm-up (they start at 1e-3 and reach 1 late in training), compressed to one RM run."""
+    return start * (end / start) ** min(1.0, step / max(1, total - 1))
+
+
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
@@ -61,8 +67,11 @@ class MIBHeads(nn.Module):
     def critic_score(self, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
         return self.critic(torch.cat([za, zb], -1)).squeeze(-1)
 
-    def forward(self, h1: torch.Tensor, h2: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """L_M for a batch of view pairs (row i of h1 and h2 share an instruction)."""
+    def forward(self, h1: torch.Tensor, h2: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, dict]:
+        """L_M = -I(z_1; z_2) + beta * D_SKL for a batch of view pairs (row i of h1 and h2 share an
+        instruction). The paper's L_M has beta = 1; `beta_schedule` warms it up, as Federici et al.
+        do, because at full weight from the first step the encoder collapses (SKL -> 0 with z pure
+        noise, I = 0) before the critic learns anything (tests/test_reward_ib.py shows it)."""
         h1, h2 = h1.float(), h2.float()
         mu1, std1 = self.encode(h1)
         mu2, std2 = self.encode(h2)
@@ -70,8 +79,8 @@ class MIBHeads(nn.Module):
         z2 = mu2 + std2 * torch.randn_like(std2)
         mi = jsd_mutual_information(self.critic_score(z1, z2), self.critic_score(z1, z2.roll(1, 0)))
         skl = symmetric_kl(mu1, std1, mu2, std2).mean()
-        loss = -mi + skl
-        return loss, {"mib_loss": loss.item(), "mi_jsd": mi.item(), "skl": skl.item()}
+        loss = -mi + beta * skl
+        return loss, {"mib_loss": loss.item(), "mi_jsd": mi.item(), "skl": skl.item(), "mib_beta": beta}
 
     def config(self) -> dict:
         return {"in_dim": self.in_dim, "hidden": self.hidden, "latent": self.latent}

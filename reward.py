@@ -80,6 +80,10 @@ def normalize_scores(rm, tokenizer, prompts: list[list[int]], responses: list[st
     return mean, std
 
 
+def num_steps(n_pairs: int, batch_size: int, epochs: float) -> int:
+    return max(1, math.ceil(max(1, n_pairs // batch_size) * epochs))
+
+
 def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_size: int, epochs: float,
                        max_grad_norm: float, seed: int, metrics=None, val_pairs: list[Pair] | None = None,
                        extra_loss: Callable[[int], tuple[torch.Tensor, dict]] | None = None,
@@ -88,8 +92,7 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
     lambda * L_M term in RLP-UML). AdamW, linear warm-up over the first 5% of steps,
     then constant (our choice)."""
     rng = random.Random(seed)
-    steps_per_epoch = max(1, len(pairs) // batch_size)
-    total = max(1, math.ceil(steps_per_epoch * epochs))
+    total = num_steps(len(pairs), batch_size, epochs)
     params = [p for p in rm.parameters() if p.requires_grad] + list(extra_params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = max(1, total // 20)

@@ -15,7 +15,7 @@ import torch
 import models
 import reward
 import spg
-from ib_loss import MIBHeads
+from ib_loss import MIBHeads, beta_schedule
 
 
 def build_policy_samples(policy, tokenizer, records: list[dict], prompts: list[list[int]], n: int,
@@ -29,9 +29,10 @@ def build_policy_samples(policy, tokenizer, records: list[dict], prompts: list[l
 
 
 def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: list[list[int]], lam: float,
-                batch_size: int, max_response_len: int, seed: int):
+                batch_size: int, max_response_len: int, seed: int, total_steps: int, beta: float = 1.0):
     """Eq. 1's lambda * L_M on a fresh batch of P at every call: for each instruction, two
-    distinct policy samples are the two views v_1 = (x, y_1), v_2 = (x, y_2)."""
+    distinct policy samples are the two views v_1 = (x, y_1), v_2 = (x, y_2). The SKL weight
+    warms up from 1e-3 to `beta` (ib_loss.beta_schedule)."""
     rng = random.Random(seed)
     device = next(rm.parameters()).device
     pad = tokenizer.pad_token_id
@@ -47,21 +48,22 @@ def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: li
         r_ids, r_mask = models.right_pad(models.encode_responses(tokenizer, y1 + y2, max_response_len), pad, device)
         with models.autocast(device):
             h = models.last_token_hidden(rm, p_ids, p_mask, r_ids, r_mask)  # both views in one forward
-        loss, stats = heads(h[:len(rows)], h[len(rows):])
+        loss, stats = heads(h[:len(rows)], h[len(rows):], beta=beta_schedule(step, total_steps, end=beta))
         return lam * loss, stats
 
     return extra_loss
 
 
 def relearn_uml(rm, tokenizer, pairs: list[reward.Pair], samples: list[dict], prompts: list[list[int]], *,
-                lam: float, latent: int, hidden: int, uml_batch: int, max_response_len: int, seed: int,
-                train_kwargs: dict) -> MIBHeads:
+                lam: float, beta: float, latent: int, hidden: int, uml_batch: int, max_response_len: int,
+                seed: int, train_kwargs: dict) -> MIBHeads:
     """RLP-UML: Eq. 1 with D_hat = {} and lambda * L_M on P. Returns the MIB heads (saved beside the RM)."""
     if any(len(s["outputs"]) < 2 for s in samples):
         raise ValueError("RLP-UML needs n >= 2 policy samples per instruction (two views)")
     torch.manual_seed(seed)
     heads = MIBHeads(rm.config.hidden_size, hidden, latent).to(next(rm.parameters()).device)
-    extra = uml_loss_fn(rm, heads, tokenizer, samples, prompts, lam, uml_batch, max_response_len, seed)
+    total = reward.num_steps(len(pairs), train_kwargs["batch_size"], train_kwargs["epochs"])
+    extra = uml_loss_fn(rm, heads, tokenizer, samples, prompts, lam, uml_batch, max_response_len, seed, total, beta)
     reward.train_reward_model(rm, pairs, tokenizer.pad_token_id, seed=seed, extra_loss=extra,
                               extra_params=list(heads.parameters()), desc="rlp-uml reward", **train_kwargs)
     return heads

@@ -1,0 +1,255 @@
+"""Properties of the PPO pipeline on a tiny random Llama (STYLE.md 1-5, 9-10):
+sampled log-probs = recomputed log-probs, ratio = 1 and KL = 0 when policy = reference,
+the score on the last valid token, the response mask, and left padding that changes nothing.
+"""
+import copy
+import random
+
+import pytest
+import torch
+from transformers import LlamaForSequenceClassification
+
+import models
+import ppo
+
+torch.set_num_threads(1)  # tiny tensors: on a shared 2-core box extra threads only cost time
+
+TEXTS = ["Add 12 7 =", "Sort 3 9 1 4 =", "Reverse abc =", "Subtract 31 12 ="]  # different lengths
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.build_char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def policy(tok):
+    return models.new_tiny_llama(tok, hidden=32, layers=2, heads=2, max_len=64, seed=0).eval()
+
+
+def prompt_ids(tok):
+    ids = [tok(t).input_ids for t in TEXTS]
+    assert len({len(i) for i in ids}) == len(ids)  # really different lengths, so there is left padding
+    return ids
+
+
+def eos_biased(model, eos_id: int, bias: float = 3.0):
+    """A copy whose EOS logit is raised by `bias` in every forward (sampling and recomputation
+    alike), so that sampled responses end at different lengths and the masks are exercised."""
+    m = copy.deepcopy(model)
+
+    def hook(_module, _inputs, out):
+        out = out.clone()
+        out[..., eos_id] += bias
+        return out
+
+    m.lm_head.register_forward_hook(hook)
+    return m
+
+
+def scorer_from(policy, seed: int) -> LlamaForSequenceClassification:
+    cfg = copy.deepcopy(policy.config)
+    cfg.num_labels = 1
+    torch.manual_seed(seed)
+    m = LlamaForSequenceClassification(cfg)
+    m.config.pad_token_id = cfg.pad_token_id
+    torch.nn.init.normal_(m.score.weight, std=0.5)  # scores of a visible size
+    return m.eval()
+
+
+# ----------------------------------------------------------------------------- (a) sampled = recomputed
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_logprobs_equal_recomputed(tok, policy, temperature):
+    model = eos_biased(policy, tok.eos_token_id)
+    p_ids, p_mask = models.left_pad(prompt_ids(tok) * 2, tok.pad_token_id)
+    g = torch.Generator().manual_seed(1)
+    r_ids, gen_lp, mask = models.sample(model, p_ids, p_mask, 12, temperature, tok.eos_token_id, tok.pad_token_id, g)
+    lengths = mask.sum(-1)
+    assert len(set(lengths.tolist())) > 1, "the test needs responses of different lengths"
+    with torch.no_grad():
+        lp = models.token_logprobs(models.response_logits(model, p_ids, p_mask, r_ids, mask), r_ids, temperature)
+    torch.testing.assert_close(gen_lp, lp * mask, atol=1e-5, rtol=0)
+    assert torch.all(gen_lp[mask == 0] == 0)
+    assert torch.all(gen_lp[mask == 1] < 0)
+    # after the first EOS, only pad
+    for row, m in zip(r_ids.tolist(), mask.long().tolist()):
+        L = sum(m)
+        assert all(t == tok.pad_token_id for t in row[L:])
+        assert tok.eos_token_id not in row[:L - 1]
+
+
+def test_sample_logprobs_equal_each_prompt_alone(tok, policy):
+    """The batched, left-padded sample scores each response as the prompt alone would."""
+    model = eos_biased(policy, tok.eos_token_id)
+    prompts = prompt_ids(tok)
+    p_ids, p_mask = models.left_pad(prompts, tok.pad_token_id)
+    g = torch.Generator().manual_seed(2)
+    r_ids, gen_lp, mask = models.sample(model, p_ids, p_mask, 10, 1.0, tok.eos_token_id, tok.pad_token_id, g)
+    for i, p in enumerate(prompts):
+        L = int(mask[i].sum())
+        one_p, one_pm = models.left_pad([p], tok.pad_token_id)
+        one_r, one_rm = models.right_pad([r_ids[i, :L].tolist()], tok.pad_token_id)
+        with torch.no_grad():
+            lp = models.token_logprobs(models.response_logits(model, one_p, one_pm, one_r, one_rm), one_r, 1.0)
+        torch.testing.assert_close(gen_lp[i, :L], lp[0], atol=1e-5, rtol=0)
+
+
+def test_sample_greedy_is_argmax(tok, policy):
+    p_ids, p_mask = models.left_pad(prompt_ids(tok), tok.pad_token_id)
+    r_ids, _, mask = models.sample(policy, p_ids, p_mask, 6, 0.0, tok.eos_token_id, tok.pad_token_id)
+    with torch.no_grad():
+        logits = models.response_logits(policy, p_ids, p_mask, r_ids, mask)
+    assert torch.equal(logits.argmax(-1)[mask == 1], r_ids[mask == 1])
+
+
+# ----------------------------------------------------------------------------- (b) policy = reference
+
+@pytest.mark.parametrize("same_object", [True, False])
+def test_ratio_one_and_kl_zero_when_policy_is_reference(tok, policy, same_object):
+    ref = policy if same_object else copy.deepcopy(policy)
+    p_ids, p_mask = models.left_pad(prompt_ids(tok), tok.pad_token_id)
+    g = torch.Generator().manual_seed(3)
+    r_ids, _, mask = models.sample(policy, p_ids, p_mask, 8, 1.0, tok.eos_token_id, tok.pad_token_id, g)
+    with torch.no_grad():
+        lp = models.token_logprobs(models.response_logits(policy, p_ids, p_mask, r_ids, mask), r_ids, 1.0) * mask
+        ref_lp = models.token_logprobs(models.response_logits(ref, p_ids, p_mask, r_ids, mask), r_ids, 1.0) * mask
+    ratio = torch.exp(lp - ref_lp)
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-6, rtol=0)
+    torch.testing.assert_close(lp - ref_lp, torch.zeros_like(lp), atol=1e-6, rtol=0)
+    adv = torch.randn(mask.shape, generator=torch.Generator().manual_seed(4))
+    pl = ppo.policy_loss(lp, ref_lp, adv, mask, 0.2)
+    assert pl.item() == pytest.approx(-ppo.masked_mean(adv, mask).item(), abs=1e-6)
+    # the KL term vanishes: rewards are only the score on the last token
+    scores = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    rewards = ppo.kl_penalized_rewards(scores, lp, ref_lp, mask, 0.1)
+    assert rewards.sum(-1).tolist() == pytest.approx(scores.tolist(), abs=1e-6)
+
+
+def test_kl_nonzero_when_policy_differs(tok, policy):
+    """The check above can fail: a perturbed policy gives KL != 0."""
+    other = copy.deepcopy(policy)
+    with torch.no_grad():
+        other.model.norm.weight.mul_(3.0)
+    p_ids, p_mask = models.left_pad(prompt_ids(tok), tok.pad_token_id)
+    r_ids, r_mask = models.right_pad([[5, 6, 7], [8, 9]], tok.pad_token_id)
+    p_ids, p_mask = p_ids[:2], p_mask[:2]
+    with torch.no_grad():
+        lp = models.token_logprobs(models.response_logits(policy, p_ids, p_mask, r_ids, r_mask), r_ids, 1.0)
+        lp2 = models.token_logprobs(models.response_logits(other, p_ids, p_mask, r_ids, r_mask), r_ids, 1.0)
+    assert ((lp - lp2).abs() * r_mask).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- (c) score on the last valid token
+
+def test_score_lands_on_last_valid_token(tok, policy):
+    model = eos_biased(policy, tok.eos_token_id)
+    p_ids, p_mask = models.left_pad(prompt_ids(tok) * 2, tok.pad_token_id)
+    g = torch.Generator().manual_seed(5)
+    r_ids, gen_lp, mask = models.sample(model, p_ids, p_mask, 12, 1.0, tok.eos_token_id, tok.pad_token_id, g)
+    lengths = mask.sum(-1).long().tolist()
+    assert len(set(lengths)) > 1
+    scores = torch.arange(1, len(lengths) + 1, dtype=torch.float32) * 10.0
+    rewards = ppo.kl_penalized_rewards(scores, gen_lp, gen_lp.clone(), mask, 0.3)  # KL term exactly 0
+    for b, L in enumerate(lengths):
+        for t in range(r_ids.shape[1]):
+            want = scores[b].item() if t == L - 1 else 0.0
+            assert rewards[b, t].item() == want
+        if L < r_ids.shape[1]:  # the row ended with EOS: the score sits on the EOS token
+            assert r_ids[b, L - 1].item() == tok.eos_token_id
+
+
+# ----------------------------------------------------------------------------- (d) response_mask
+
+def slow_response_mask(ids, eos):
+    out = []
+    for row in ids.tolist():
+        m, seen = [], False
+        for t in row:
+            m.append(0.0 if seen else 1.0)
+            seen = seen or t == eos
+        out.append(m)
+    return torch.tensor(out)
+
+
+def test_response_mask_hand():
+    E = 1
+    ids = torch.tensor([[5, 6, E, 0, 0],    # EOS at 2 -> 3 valid
+                        [E, 7, E, 8, 9],    # EOS first -> only it; the second EOS does not matter
+                        [5, 6, 7, 8, 9],    # no EOS -> all ones
+                        [5, 6, 7, 8, E]])   # EOS last -> all ones
+    want = [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert torch.equal(models.response_mask(ids, E), torch.tensor(want, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_response_mask_matches_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 5, (20, 9), generator=g)  # EOS (= 1) frequent, sometimes twice, sometimes absent
+    assert torch.equal(models.response_mask(ids, 1), slow_response_mask(ids, 1))
+
+
+# ----------------------------------------------------------------------------- (e) left padding changes nothing
+
+def test_left_padding_does_not_change_logits(tok, policy):
+    prompts = prompt_ids(tok)
+    responses = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14]]
+    p_ids, p_mask = models.left_pad(prompts, tok.pad_token_id)
+    r_ids, r_mask = models.right_pad(responses, tok.pad_token_id)
+    with torch.no_grad():
+        batched = models.response_logits(policy, p_ids, p_mask, r_ids, r_mask)
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            full = torch.tensor([p + r])
+            alone = policy(input_ids=full).logits[0, len(p) - 1:len(p) - 1 + len(r)]
+            torch.testing.assert_close(batched[i, :len(r)], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_scores_and_values_padding_invariant_and_aligned(tok, policy):
+    """sequence_scores reads the last real token; token_values[t] reads the state that predicts
+    token t, i.e. the last token of prompt + response[:t] (STYLE.md 10)."""
+    value = scorer_from(policy, seed=1)
+    prompts = prompt_ids(tok)
+    responses = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14]]
+    p_ids, p_mask = models.left_pad(prompts, tok.pad_token_id)
+    r_ids, r_mask = models.right_pad(responses, tok.pad_token_id)
+    with torch.no_grad():
+        scores = models.sequence_scores(value, p_ids, p_mask, r_ids, r_mask)
+        values = models.token_values(value, p_ids, p_mask, r_ids, r_mask)
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            h = value.model(input_ids=torch.tensor([p + r])).last_hidden_state[0]
+            assert scores[i].item() == pytest.approx(value.score(h[-1]).item(), abs=1e-5)
+            for t in range(len(r)):
+                assert values[i, t].item() == pytest.approx(value.score(h[len(p) - 1 + t]).item(), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- rollout + update
+
+def tiny_cfg(**kw):
+    base = dict(iterations=1, rollout_batch=4, step_batch=2, ppo_epochs=2, lr=1e-3, kl_coef=0.1, kl_target=None,
+                kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0,
+                temperature=1.0, max_response_len=8, max_grad_norm=1.0, no_eos_penalty=None, seed=0)
+    base.update(kw)
+    return ppo.PPOConfig(**base)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_and_first_ratio(tok, policy, temperature):
+    pol = eos_biased(policy, tok.eos_token_id, bias=2.0)
+    ref = copy.deepcopy(pol)
+    rm, value = scorer_from(policy, seed=1), scorer_from(policy, seed=2)
+    cfg = tiny_cfg(temperature=temperature)
+    batch = ppo.rollout(pol, ref, rm, value, tok, prompt_ids(tok), cfg, cfg.kl_coef, torch.Generator().manual_seed(0))
+    mask = batch["mask"]
+    torch.testing.assert_close(batch["logprobs"], batch["gen_logprobs"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch["logprobs"], batch["ref_logprobs"], atol=1e-6, rtol=0)  # ref = policy
+    # gamma = lam = 1, KL = 0: the return of every valid token is the sequence's score
+    want = batch["rm_scores"][:, None].expand_as(mask) * mask
+    torch.testing.assert_close(batch["returns"], want, atol=1e-5, rtol=0)
+    assert ppo.masked_mean(batch["advantages"], mask).item() == pytest.approx(0.0, abs=1e-5)
+    assert torch.all(batch["advantages"][mask == 0] == 0)
+    opt = torch.optim.AdamW(list(pol.parameters()) + list(value.parameters()), lr=cfg.lr)
+    before = [p.detach().clone() for p in pol.parameters()]
+    stats = ppo.update(pol, value, opt, batch, cfg, random.Random(0))
+    assert stats["first_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(before, pol.parameters()))  # it did train
+    assert stats["approx_kl"] > 0  # later minibatches see a moved policy
