@@ -76,10 +76,21 @@ def load_tokenizer(path):
     return tok
 
 
+def no_dropout(model):
+    """Dropout off in every network, also in training mode (STYLE.md 4): PPO's ratio compares
+    log-probs from two forwards, which dropout would make differ for the same weights."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for key, value in list(model.config.to_dict().items()):
+        if "dropout" in key and isinstance(value, float):
+            setattr(model.config, key, 0.0)
+    return model
+
+
 def load_policy(path, device) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    model.eval()  # dropout off (STYLE.md 4); training loops call .train() themselves
-    return model
+    return no_dropout(model).eval()
 
 
 def load_scorer(path, device, fresh_head: bool = False) -> torch.nn.Module:
@@ -96,7 +107,7 @@ def load_scorer(path, device, fresh_head: bool = False) -> torch.nn.Module:
         torch.nn.init.zeros_(model.score.weight)
         model.config.score_mean, model.config.score_std = 0.0, 1.0
     model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    return model.to(device).eval()
+    return no_dropout(model).to(device).eval()
 
 
 def backbone(model):

@@ -32,7 +32,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std with statistics over valid tokens only (STYLE.md 11); 0 on invalid tokens."""
+    """(x - mean) / std with statistics over valid tokens only (STYLE.md 11); 0 on invalid tokens.
+    shift_mean=False adds the mean back: only the scale changes (AlpacaFarm's reward whitening).
+    Statistics are over the whole batch given (global, not per minibatch)."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
@@ -121,6 +123,7 @@ class PPOConfig:
     temperature: float
     max_response_len: int
     max_grad_norm: float
+    whiten_rewards: bool
     no_eos_penalty: float | None
     seed: int
 
@@ -148,6 +151,8 @@ def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PP
     if cfg.no_eos_penalty is not None:  # STYLE.md 8: optional fixed score for responses that never end
         scores = torch.where(has_eos, scores, torch.full_like(scores, cfg.no_eos_penalty))
     rewards = kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+    if cfg.whiten_rewards:  # AlpacaFarm: scale only, the mean stays (it carries the signal)
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     advantages = masked_whiten(advantages, mask)  # returns were taken before whitening (STYLE.md 10)
     return dict(p_ids=p_ids, p_mask=p_mask, r_ids=r_ids, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs,
@@ -223,12 +228,13 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
             order += fresh
         idx, order = order[:cfg.rollout_batch], order[cfg.rollout_batch:]
         batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in idx], cfg, kl.value, generator)
+        lr = optimizer.param_groups[0]["lr"]
         row = update(policy, value, optimizer, batch, cfg, rng)
         sched.step()
         mask = batch["mask"]
         seq_kl = ((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(-1).mean().item()
         row.update(
-            iteration=it, kl_coef=kl.value, lr=sched.get_last_lr()[0],
+            iteration=it, kl_coef=kl.value, lr=lr,
             score=batch["rm_scores"].mean().item(), kl=seq_kl,
             score_minus_kl=batch["rm_scores"].mean().item() - kl.value * seq_kl,
             response_len=mask.sum(-1).mean().item(), eos_rate=batch["has_eos"].float().mean().item(),

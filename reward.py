@@ -43,7 +43,7 @@ def make_pairs(tokenizer, records, style: str, max_prompt_len: int, max_response
     return [Pair(p, c, r) for p, c, r in zip(prompts, c_ids, r_ids)]
 
 
-def pair_rewards(rm, pairs: list[Pair], pad_id: int, return_hidden: bool = False):
+def pair_rewards(rm, pairs: list[Pair], pad_id: int):
     """Chosen and rejected rewards of a batch of pairs in one forward (STYLE.md 6)."""
     device = next(rm.parameters()).device
     p_ids, p_mask = models.left_pad([p.prompt for p in pairs] * 2, pad_id, device)
@@ -87,14 +87,19 @@ def num_steps(n_pairs: int, batch_size: int, epochs: float) -> int:
 def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_size: int, epochs: float,
                        max_grad_norm: float, seed: int, metrics=None, val_pairs: list[Pair] | None = None,
                        extra_loss: Callable[[int], tuple[torch.Tensor, dict]] | None = None,
-                       extra_params=(), desc: str = "reward", show: bool = True) -> None:
+                       extra_params=(), extra_lr: float | None = None, desc: str = "reward",
+                       show: bool = True) -> None:
     """Minimise the Bradley-Terry loss over `pairs` (plus `extra_loss(step)`, Eq. 1's
     lambda * L_M term in RLP-UML). AdamW, linear warm-up over the first 5% of steps,
     then constant (our choice)."""
     rng = random.Random(seed)
     total = num_steps(len(pairs), batch_size, epochs)
-    params = [p for p in rm.parameters() if p.requires_grad] + list(extra_params)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rm_params = [p for p in rm.parameters() if p.requires_grad]
+    extra_params = list(extra_params)
+    groups = [{"params": rm_params, "lr": lr}]
+    if extra_params:  # new heads (UML) get their own learning rate and their own clipping
+        groups.append({"params": extra_params, "lr": extra_lr or lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     order: list[int] = []
@@ -108,18 +113,22 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
         del order[:batch_size]
         chosen, rejected = pair_rewards(rm, batch, pad_id)
         loss = bradley_terry_loss(chosen, rejected)
-        row = {"bt_loss": loss.item(), "train_acc": (chosen > rejected).float().mean().item()}
+        row = {"bt_loss": loss.item(),
+               "train_acc": ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()}
         if extra_loss is not None:
             extra, extra_row = extra_loss(step)
             loss = loss + extra
             row.update(extra_row)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        row["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+        row["grad_norm"] = torch.nn.utils.clip_grad_norm_(rm_params, max_grad_norm).item()
+        if extra_params:
+            torch.nn.utils.clip_grad_norm_(extra_params, max_grad_norm)
+        row["lr"] = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
         if metrics is not None and (step % 10 == 0 or step == total - 1):
-            metrics.log(step=step, lr=sched.get_last_lr()[0], **row)
+            metrics.log(step=step, **row)
     rm.eval()
     if metrics is not None and val_pairs:
         metrics.log(step=total, **{f"val_{k}": v for k, v in pairwise_accuracy(rm, val_pairs, pad_id).items()})

@@ -33,7 +33,7 @@ def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: li
     """Eq. 1's lambda * L_M on a fresh batch of P at every call: for each instruction, two
     distinct policy samples are the two views v_1 = (x, y_1), v_2 = (x, y_2). The SKL weight
     warms up from 1e-3 to `beta` (ib_loss.beta_schedule)."""
-    rng = random.Random(seed)
+    rng = random.Random(seed + 1)  # not the stream that shuffles the pairs
     device = next(rm.parameters()).device
     pad = tokenizer.pad_token_id
 
@@ -55,7 +55,7 @@ def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: li
 
 
 def relearn_uml(rm, tokenizer, pairs: list[reward.Pair], samples: list[dict], prompts: list[list[int]], *,
-                lam: float, beta: float, latent: int, hidden: int, uml_batch: int, max_response_len: int,
+                lam: float, beta: float, heads_lr: float, latent: int, hidden: int, uml_batch: int, max_response_len: int,
                 seed: int, train_kwargs: dict) -> MIBHeads:
     """RLP-UML: Eq. 1 with D_hat = {} and lambda * L_M on P. Returns the MIB heads (saved beside the RM)."""
     if any(len(s["outputs"]) < 2 for s in samples):
@@ -65,7 +65,7 @@ def relearn_uml(rm, tokenizer, pairs: list[reward.Pair], samples: list[dict], pr
     total = reward.num_steps(len(pairs), train_kwargs["batch_size"], train_kwargs["epochs"])
     extra = uml_loss_fn(rm, heads, tokenizer, samples, prompts, lam, uml_batch, max_response_len, seed, total, beta)
     reward.train_reward_model(rm, pairs, tokenizer.pad_token_id, seed=seed, extra_loss=extra,
-                              extra_params=list(heads.parameters()), desc="rlp-uml reward", **train_kwargs)
+                              extra_params=list(heads.parameters()), extra_lr=heads_lr, desc="rlp-uml reward", **train_kwargs)
     return heads
 
 

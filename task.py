@@ -20,7 +20,7 @@ import difflib
 import hashlib
 import random
 
-TASKS = ("Add", "Subtract", "Reverse", "Sort")
+TASKS = ("Add", "Reverse", "Sort")
 LETTERS = "abcdefgh"
 
 
@@ -28,12 +28,9 @@ def make_problem(rng: random.Random) -> tuple[str, str]:
     kind = rng.choice(TASKS)
     if kind == "Add":
         return kind, f"{rng.randint(0, 99)} {rng.randint(0, 99)}"
-    if kind == "Subtract":
-        a, b = sorted((rng.randint(0, 99), rng.randint(0, 99)), reverse=True)
-        return kind, f"{a} {b}"
     if kind == "Reverse":
-        return kind, "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 5)))
-    return kind, " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(3, 5)))
+        return kind, "".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 7)))
+    return kind, " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(4, 7)))
 
 
 def solve(instruction: str, input: str) -> str:
@@ -60,8 +57,20 @@ def normalize(text: str) -> str:
     return t
 
 
-def make_splits(seed: int, n_sft: int, n_pref: int, n_unlabeled: int, n_eval: int) -> dict[str, list[dict]]:
-    """AlpacaFarm-style splits; the same seed always gives the same records."""
+def lazy_answer(instruction: str, input: str) -> str:
+    """A low-effort wrong answer of the kind that slips into demonstration data: the input
+    echoed back (Reverse, Sort) or the first number (Add). It is easy to spot, so a small
+    reward model can learn to prefer real answers over it, which RLHF then exploits."""
+    if instruction == "Add":
+        return input.split()[0]
+    return "".join(input.split())
+
+
+def make_splits(seed: int, n_sft: int, n_pref: int, n_unlabeled: int, n_eval: int,
+                sft_noise: float = 0.0) -> dict[str, list[dict]]:
+    """AlpacaFarm-style splits; the same seed always gives the same records. A fraction
+    `sft_noise` of the demonstrations carry a lazy (wrong) answer, as real instruction data
+    carries low-quality responses: it gives SFT room that preference learning can recover."""
     rng = random.Random(seed)
     sizes = {"sft": n_sft, "pref": n_pref, "unlabeled": n_unlabeled, "eval": n_eval}
     seen, splits = set(), {}
@@ -74,7 +83,8 @@ def make_splits(seed: int, n_sft: int, n_pref: int, n_unlabeled: int, n_eval: in
             seen.add((instruction, input))
             row = {"instruction": instruction, "input": input}
             if name == "sft":
-                row["output"] = solve(instruction, input)
+                lazy = rng.random() < sft_noise
+                row["output"] = lazy_answer(instruction, input) if lazy else solve(instruction, input)
             rows.append(row)
         splits[name] = rows
     return splits

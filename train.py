@@ -51,13 +51,14 @@ class Config:
     prompt_style: str = opt("auto", "prompt format: compact (built-in task), alpaca (AlpacaFarm's), auto")
     max_prompt_len: int = opt(32, "max prompt tokens; longer prompts are an error (paper/AlpacaFarm: 192; ours "
                                   "for the char-level task)")
-    max_response_len: int = opt(8, "max response tokens incl. EOS (paper/AlpacaFarm: 300; the task's answers "
-                                   "need <= 6)")
+    max_response_len: int = opt(10, "max response tokens incl. EOS (paper/AlpacaFarm: 300; the task's answers "
+                                    "need <= 8)")
     # ---- built-in data (AlpacaFarm split sizes are 10k / 10k / 20k / 805; ours fit the CPU budget)
     n_sft: int = opt(10000, "SFT demonstrations (paper: 10k)")
-    n_pref: int = opt(4000, "preference instructions (paper: 10k; ours, for time)")
+    n_pref: int = opt(8000, "preference instructions (paper: 10k; ours, for time)")
     n_unlabeled: int = opt(2000, "unlabelled instructions U for PPO and Step 4 (paper: 20k; ours, for time)")
     n_eval: int = opt(500, "evaluation instructions (AlpacaFarm eval: 805)")
+    sft_noise: float = opt(0.3, "fraction of SFT demos with a lazy wrong answer (ours: room for RLHF to improve)")
     flip_rate: float = opt(0.25, "Step-1 simulated annotator label-flip rate (AlpacaFarm: ~25%)")
     # ---- Step 0: SFT
     sft_steps: int = opt(800, "SFT optimizer steps (ours: a fixed count that leaves the model at ~55% sampled accuracy)")
@@ -67,7 +68,7 @@ class Config:
     # ---- Step 1: preferences
     pref_temperature: float = opt(1.0, "sampling temperature for the two outputs (paper: 1.0 in training)")
     # ---- Step 2: reward model
-    rm_lr: float = opt(5e-5, "RM learning rate (AlpacaFarm: 3e-6 for 7B; ours for the tiny model)")
+    rm_lr: float = opt(1e-4, "RM learning rate (AlpacaFarm: 3e-6 for 7B; ours for the tiny model)")
     rm_batch: int = opt(32, "RM batch size in pairs (AlpacaFarm: 16)")
     rm_epochs: float = opt(2.0, "RM epochs over the preference pairs (AlpacaFarm: 1)")
     rm_val_fraction: float = opt(0.1, "fraction of preference pairs held out for RM accuracy (ours)")
@@ -77,7 +78,7 @@ class Config:
     rollout_batch: int = opt(128, "prompts per rollout (AlpacaFarm: 512)")
     step_batch: int = opt(64, "PPO minibatch size per optimizer step (AlpacaFarm: 256)")
     ppo_epochs: int = opt(2, "PPO epochs per rollout (AlpacaFarm: 2)")
-    ppo_lr: float = opt(2e-5, "PPO learning rate, policy and value (AlpacaFarm: 1e-5)")
+    ppo_lr: float = opt(1e-4, "PPO learning rate, policy and value (AlpacaFarm: 1e-5 for 7B; ours for the tiny model)")
     kl_coef: float = opt(0.0067, "KL penalty coefficient beta (AlpacaFarm: 0.0067 simulated, 0.02 human)")
     kl_target: float = opt(0.0, "target KL for the adaptive controller (Ziegler et al.); 0 = fixed beta "
                                 "(AlpacaFarm: fixed)")
@@ -88,6 +89,7 @@ class Config:
     gamma: float = opt(1.0, "GAE discount (AlpacaFarm: 1)")
     lam: float = opt(1.0, "GAE lambda (AlpacaFarm: 1)")
     temperature: float = opt(1.0, "rollout sampling temperature, also used for all training log-probs (paper: 1.0)")
+    whiten_rewards: bool = opt(True, "divide shaped rewards by their std before GAE (AlpacaFarm: on)")
     no_eos_penalty: float = opt(float("nan"), "score given to responses that never emit EOS; nan = off (ours)")
     # ---- Step 4: reward re-learning on policy
     rlp_n: int = opt(10, "policy samples per unlabelled instruction, n (paper: 10)")
@@ -97,6 +99,7 @@ class Config:
     uml_beta: float = opt(1.0, "final weight of D_SKL in L_M (paper: 1); it warms up from 1e-3 (Federici et al.)")
     uml_latent: int = opt(64, "UML latent size of z (ours; Federici et al. use 64)")
     uml_hidden: int = opt(256, "UML MLP width of the mu, sigma and critic heads (ours)")
+    uml_lr: float = opt(1e-3, "learning rate of the new UML heads (ours: they start from scratch, the RM does not)")
     uml_batch: int = opt(32, "instructions of P per UML step (ours: = rm_batch)")
     rlp_init: str = opt("sft", "re-learned RM starts from: sft (same start as Step 2, ours) or rm (the Step-2 RM)")
     # ---- evaluation
@@ -105,6 +108,9 @@ class Config:
     gen_batch: int = opt(500, "sequences per sampling/scoring chunk (ours; MEASURED.md: ~250 prompts is fastest)")
 
     def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SystemExit("error: multi-process runs are not supported yet; use one process "
+                             "(python train.py or torchrun --nproc_per_node=1)")
         if self.stage not in STAGES + ["all"]:
             raise SystemExit(f"error: --stage must be one of {', '.join(STAGES + ['all'])}, got {self.stage!r}")
         if self.method not in ("uml", "spg", "both"):
@@ -128,7 +134,8 @@ def parse_args(argv=None) -> Config:
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f"{f.metadata['help']} (default: {f.default})")
         else:
             typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag, type=typ, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
@@ -169,6 +176,12 @@ class Run:
         return lambda rec, text: task.gold_score(rec["instruction"], rec["input"], text)
 
 
+def seed_everything(seed: int) -> None:
+    import torch
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def data_require(run: Run, stage: str) -> Path:
     import data
     hint = "rlp_reward" if stage.startswith(("rlp_samples", "rlp_reward")) else None
@@ -205,7 +218,8 @@ def stage_data(run: Run, dest: Path) -> None:
     import data
     import task
     cfg = run.cfg
-    splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval)
+    splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval,
+                               cfg.sft_noise)
     for name, rows in splits.items():
         data.write_records(dest / f"{name}.jsonl", rows)
     run.log("  " + ", ".join(f"{k}: {len(v)}" for k, v in splits.items()))
@@ -220,6 +234,8 @@ def stage_sft(run: Run, dest: Path, metrics) -> None:
     if cfg.model:
         tokenizer = models.load_tokenizer(cfg.model)
         model = models.load_policy(cfg.model, run.device)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
+            model.resize_token_embeddings(len(tokenizer))
     else:
         tokenizer = models.build_char_tokenizer()
         model = models.new_tiny_llama(tokenizer, cfg.model_hidden, cfg.model_layers, cfg.model_heads,
@@ -245,7 +261,10 @@ def stage_prefs(run: Run, dest: Path, metrics) -> None:
                                     models.make_generator(run.device, cfg.seed + 1), desc="prefs", show=run.show)
     rng = random.Random(cfg.seed + 1)
     rows, agree, gold = [], 0, 0.0
+    identical = sum(o1 == o2 for o1, o2 in outputs)
     for r, (o1, o2) in zip(recs, outputs):
+        if o1 == o2:  # two equal outputs carry no preference (and give zero BT gradient): dropped
+            continue
         pref = task.annotate(r["instruction"], r["input"], o1, o2, cfg.flip_rate, rng)
         agree += pref == task.gold_preference(r["instruction"], r["input"], o1, o2)
         gold += (task.gold_score(r["instruction"], r["input"], o1) + task.gold_score(r["instruction"], r["input"],
@@ -253,8 +272,10 @@ def stage_prefs(run: Run, dest: Path, metrics) -> None:
         rows.append({"instruction": r["instruction"], "input": r["input"], "output_1": o1, "output_2": o2,
                      "preference": pref})
     data.write_records(dest / "prefs.jsonl", rows)
-    stats = dict(pairs=len(rows), label_gold_agreement=agree / len(rows), sft_gold_score=gold / len(rows),
-                 identical_pairs=sum(o1 == o2 for o1, o2 in outputs) / len(rows))
+    if not rows:
+        raise SystemExit("error: every Step-1 pair had two identical outputs; nothing to learn from")
+    stats = dict(instructions=len(recs), pairs=len(rows), identical_dropped=identical,
+                 label_gold_agreement=agree / len(rows), sft_gold_score=gold / len(rows))
     metrics.log(**stats)
     run.log(f"  {stats}")
 
@@ -305,7 +326,7 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
                      kl_target=cfg.kl_target or None, kl_horizon=cfg.kl_horizon, clip_range=cfg.clip_range,
                      clip_range_value=cfg.clip_range_value, vf_coef=cfg.vf_coef, gamma=cfg.gamma, lam=cfg.lam,
                      temperature=cfg.temperature, max_response_len=cfg.max_response_len,
-                     max_grad_norm=cfg.max_grad_norm,
+                     max_grad_norm=cfg.max_grad_norm, whiten_rewards=cfg.whiten_rewards,
                      no_eos_penalty=None if cfg.no_eos_penalty != cfg.no_eos_penalty else cfg.no_eos_penalty,
                      seed=cfg.seed + 7)
     train_ppo(policy, ref, rm, value, tokenizer, run.prompts(tokenizer, recs), recs, pcfg, metrics=metrics,
@@ -365,7 +386,7 @@ def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
     train, val = human_pairs(run, tokenizer)
     rm = new_rlp_rm(run)
     heads = rlp.relearn_uml(rm, tokenizer, train, samples, run.prompts(tokenizer, samples), lam=cfg.uml_lambda,
-                            beta=cfg.uml_beta, latent=cfg.uml_latent, hidden=cfg.uml_hidden, uml_batch=cfg.uml_batch,
+                            beta=cfg.uml_beta, heads_lr=cfg.uml_lr, latent=cfg.uml_latent, hidden=cfg.uml_hidden, uml_batch=cfg.uml_batch,
                             max_response_len=cfg.max_response_len, seed=cfg.seed + 5,
                             train_kwargs=train_kwargs(cfg, metrics, val, run.show))
     mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
@@ -474,6 +495,7 @@ def main(argv=None) -> None:
             continue
         run.log(f"[{name}]")
         t0 = time.time()
+        seed_everything(cfg.seed + sum(map(ord, name)))  # each stage's randomness independent of the others
         with data.stage_output(out, name) as dest:
             metrics = data.Metrics(dest / "metrics.jsonl")
             try:

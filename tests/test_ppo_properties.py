@@ -227,7 +227,8 @@ def test_scores_and_values_padding_invariant_and_aligned(tok, policy):
 def tiny_cfg(**kw):
     base = dict(iterations=1, rollout_batch=4, step_batch=2, ppo_epochs=2, lr=1e-3, kl_coef=0.1, kl_target=None,
                 kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0,
-                temperature=1.0, max_response_len=8, max_grad_norm=1.0, no_eos_penalty=None, seed=0)
+                temperature=1.0, max_response_len=8, max_grad_norm=1.0, whiten_rewards=False, no_eos_penalty=None,
+                seed=0)
     base.update(kw)
     return ppo.PPOConfig(**base)
 
