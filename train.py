@@ -133,12 +133,13 @@ def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                           help=f"{f.metadata['help']} (default: {f.default})")
+                           help=f"{text} (default: {f.default})")
         else:
             typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=typ, default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+            p.add_argument(flag, type=typ, default=f.default, help=f"{text} (default: {f.default})")
     return Config(**vars(p.parse_args(argv)))
 
 

@@ -95,7 +95,7 @@ def test_results(run_dir):
 def test_all_skips_complete_stages(run_dir):
     before = (run_dir / "sft" / "model.safetensors").stat().st_mtime_ns
     proc = train(run_dir)
-    assert proc.stdout.count("complete, skipped") == len(STAGE_DIRS) - 1  # data is checked separately
+    assert proc.stdout.count("complete, skipped") == len(STAGE_DIRS)
     assert (run_dir / "sft" / "model.safetensors").stat().st_mtime_ns == before
 
 
@@ -123,6 +123,17 @@ def test_prompt_too_long_names_file_and_line(tmp_path):
     assert proc.returncode != 0
     assert "sft.jsonl:1: prompt is" in proc.stderr and "--max-prompt-len 8" in proc.stderr
     assert not (tmp_path / "sft").exists()
+
+
+def test_help_documents_every_setting():
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import train
+    import dataclasses
+    for f in dataclasses.fields(train.Config):
+        assert "--" + f.name.replace("_", "-") in proc.stdout
+    assert "(paper: 10)" in proc.stdout and "AlpacaFarm" in proc.stdout
 
 
 def test_missing_earlier_stage_is_a_clear_error(tmp_path):
