@@ -288,10 +288,8 @@ def stage_reward(run: Run, dest: Path, metrics) -> None:
     import task
     cfg = run.cfg
     tokenizer = run.tokenizer()
-    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
-    train_recs, val_recs = split_pairs(recs, cfg.rm_val_fraction, cfg.seed)
+    train, val, val_recs = human_pairs(run, tokenizer)
     pairs = lambda rs: reward.make_pairs(tokenizer, rs, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
-    train, val = pairs(train_recs), pairs(val_recs)
     rm = models.load_scorer(data_require(run, "sft"), run.device)
     reward.train_reward_model(rm, train, tokenizer.pad_token_id, seed=cfg.seed, desc="reward",
                               **train_kwargs(cfg, metrics, val, run.show))
@@ -365,14 +363,15 @@ def new_rlp_rm(run: Run):
 
 
 def human_pairs(run: Run, tokenizer):
-    """D: the Step-1 pairs used to train the Step-2 RM (same train split, same held-out split)."""
+    """D: the Step-1 pairs, split into train and held-out pairs (the same split for Step 2 and
+    Step 4); also the held-out records, for gold-labelled accuracy."""
     import data
     import reward
     cfg = run.cfg
     recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
     train_recs, val_recs = split_pairs(recs, cfg.rm_val_fraction, cfg.seed)
     mk = lambda rs: reward.make_pairs(tokenizer, rs, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
-    return mk(train_recs), mk(val_recs)
+    return mk(train_recs), mk(val_recs), val_recs
 
 
 def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
@@ -384,7 +383,7 @@ def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
     cfg = run.cfg
     tokenizer = run.tokenizer()
     samples = data.read_records(data_require(run, "rlp_samples") / "P.jsonl", data.SAMPLES)
-    train, val = human_pairs(run, tokenizer)
+    train, val, _ = human_pairs(run, tokenizer)
     rm = new_rlp_rm(run)
     heads = rlp.relearn_uml(rm, tokenizer, train, samples, run.prompts(tokenizer, samples), lam=cfg.uml_lambda,
                             beta=cfg.uml_beta, heads_lr=cfg.uml_lr, latent=cfg.uml_latent, hidden=cfg.uml_hidden, uml_batch=cfg.uml_batch,
@@ -421,7 +420,7 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
     run.log(f"  SPG: {stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}, "
             f"{stats['pairs']} pairs, synthetic-label accuracy vs gold {stats['label_accuracy_gold']:.3f}")
     data.write_records(dest / "synthetic_prefs.jsonl", synthetic)
-    train, val = human_pairs(run, tokenizer)
+    train, val, _ = human_pairs(run, tokenizer)
     synth_pairs = reward.make_pairs(tokenizer, synthetic, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
     rm = new_rlp_rm(run)
     rlp.relearn_spg(rm, tokenizer, train, synth_pairs, seed=cfg.seed + 6,
