@@ -282,7 +282,6 @@ def stage_prefs(run: Run, dest: Path, metrics) -> None:
 
 
 def stage_reward(run: Run, dest: Path, metrics) -> None:
-    import data
     import models
     import reward
     import task
