@@ -125,16 +125,32 @@ def require(out_dir, stage: str, hint: str | None = None) -> Path:
     return path
 
 
+def finish_interrupted(out_dir, stage: str) -> None:
+    """A process killed between the two renames at the end of `stage_output` leaves a complete
+    `.STAGE.partial` (it has DONE) and no STAGE folder: finish the job."""
+    final, partial = Path(out_dir) / stage, Path(out_dir) / f".{stage}.partial"
+    if (partial / DONE).is_file() and not final.exists():
+        os.replace(partial, final)
+        remove(Path(out_dir) / f".{stage}.old")
+
+
 @contextmanager
-def stage_output(out_dir, stage: str):
+def stage_output(out_dir, stage: str, resume: bool = False, main: bool = True):
     """Build a stage's outputs in a hidden `.STAGE.partial` folder and move it into place
     only when everything, including the DONE marker, is written. A stage that fails or is
-    killed leaves its previous complete output (if any) untouched and no half-written one."""
+    killed leaves its previous complete output (if any) untouched and no half-written one.
+    resume=True keeps what a killed attempt left in `.STAGE.partial` (PPO's checkpoints);
+    otherwise the stage starts from an empty folder. Only the main process (rank 0) touches
+    the folders; the others get the same path, to read from."""
     final = Path(out_dir) / stage
     partial = Path(out_dir) / f".{stage}.partial"
-    remove(partial)
-    partial.mkdir(parents=True)
+    if main:
+        if not resume or (partial / DONE).exists():
+            remove(partial)
+        partial.mkdir(parents=True, exist_ok=True)
     yield partial
+    if not main:
+        return
     (partial / DONE).write_text("complete\n")
     old = Path(out_dir) / f".{stage}.old"
     remove(old)
@@ -145,17 +161,33 @@ def stage_output(out_dir, stage: str):
 
 
 class Metrics:
-    """Appends one JSON object per line to metrics.jsonl (flushed, so a crash keeps the log)."""
+    """Appends one JSON object per line to metrics.jsonl (flushed, so a crash keeps the log).
+    Metrics(None) logs nothing: what the processes other than rank 0 get."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a", encoding="utf-8")
+        self.path = Path(path) if path is not None else None
+        self.f = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a", encoding="utf-8")
 
     def log(self, **row) -> None:
+        if self.f is None:
+            return
         clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
         self.f.write(json.dumps(clean) + "\n")
         self.f.flush()
 
+    def size(self) -> int:
+        """Bytes written so far (saved in checkpoints, to cut the log back on resume)."""
+        return self.f.tell() if self.f is not None else 0
+
+    def truncate(self, size: int) -> None:
+        if self.f is not None:
+            self.f.flush()
+            self.f.truncate(size)
+            self.f.seek(size)
+
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()

@@ -21,6 +21,8 @@ import transformers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 
+import dist
+
 transformers.utils.logging.disable_progress_bar()  # per-file load/save bars drown our own
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -304,11 +306,14 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
 def generate_texts(model, tokenizer, prompt_ids: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                    batch_size: int, generator: torch.Generator | None = None, desc: str | None = None,
                    show: bool = True) -> list[list[str]]:
-    """n sampled response texts for each prompt, in chunks of `batch_size` sequences."""
+    """n sampled response texts for each prompt, in chunks of `batch_size` sequences. With
+    several processes each samples its shard of the prompts (with its own generator, see
+    `make_generator`) and every rank gets all the texts back, in order."""
     from tqdm import tqdm
     device = next(model.parameters()).device
     model.eval()
-    flat = [p for p in prompt_ids for _ in range(n)]
+    local = dist.shard(list(range(len(prompt_ids))))
+    flat = [prompt_ids[i] for i in local for _ in range(n)]
     texts = []
     for i in tqdm(range(0, len(flat), batch_size), desc=desc, disable=not show or desc is None, leave=False):
         ids, mask = left_pad(flat[i:i + batch_size], tokenizer.pad_token_id, device)
@@ -316,27 +321,31 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], n: int, temper
             r_ids, _, r_mask = sample(model, ids, mask, max_new_tokens, temperature, tokenizer.eos_token_id,
                                       tokenizer.pad_token_id, generator)
         texts += decode_responses(tokenizer, r_ids, r_mask)
-    return [texts[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+    return dist.gather([texts[i * n:(i + 1) * n] for i in range(len(local))])
 
 
 @torch.no_grad()
 def score_texts(rm, tokenizer, prompt_ids: list[list[int]], responses: list[str], max_response_len: int,
                 batch_size: int) -> torch.Tensor:
-    """r(x, y) for aligned lists of prompts and response texts (CPU tensor)."""
+    """r(x, y) for aligned lists of prompts and response texts (CPU tensor); each rank scores its
+    shard and every rank gets all the scores back, in order."""
     device = next(rm.parameters()).device
     rm.eval()
-    resp = encode_responses(tokenizer, responses, max_response_len)
+    local = dist.shard(list(range(len(responses))))
+    resp = encode_responses(tokenizer, [responses[i] for i in local], max_response_len)
+    prompts = [prompt_ids[i] for i in local]
     out = []
     for i in range(0, len(resp), batch_size):
-        p_ids, p_mask = left_pad(prompt_ids[i:i + batch_size], tokenizer.pad_token_id, device)
+        p_ids, p_mask = left_pad(prompts[i:i + batch_size], tokenizer.pad_token_id, device)
         r_ids, r_mask = right_pad(resp[i:i + batch_size], tokenizer.pad_token_id, device)
         with autocast(device):
-            out.append(sequence_scores(rm, p_ids, p_mask, r_ids, r_mask).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+            out += sequence_scores(rm, p_ids, p_mask, r_ids, r_mask).float().cpu().tolist()
+    return torch.tensor(dist.gather(out), dtype=torch.float32)
 
 
 def make_generator(device, seed: int) -> torch.Generator:
+    """A sampling generator; each rank gets its own seed (dist.rank_seed), rank 0 keeps `seed`."""
     g = torch.Generator(device=device if device.type == "cuda" else "cpu")
-    g.manual_seed(seed)
+    g.manual_seed(dist.rank_seed(seed))
     return g
 

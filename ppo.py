@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+import checkpoint
+import dist
 import models
 from models import autocast
 
@@ -31,12 +33,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def global_masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """masked_mean over the valid tokens of every rank's batch (all-reduced sums); with one
+    process it is masked_mean."""
+    if dist.world() == 1:
+        return masked_mean(x, mask)
+    total, count = dist.all_sum([(x * mask).sum().item(), mask.sum().item()]).tolist()
+    return torch.tensor(total / max(count, 1.0), dtype=x.dtype, device=x.device)
+
+
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """(x - mean) / std with statistics over valid tokens only (STYLE.md 11); 0 on invalid tokens.
     shift_mean=False adds the mean back: only the scale changes (AlpacaFarm's reward whitening).
-    Statistics are over the whole batch given (global, not per minibatch)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    Statistics are over the whole rollout: every rank's tokens (global, not per rank or minibatch)."""
+    mean = global_masked_mean(x, mask)
+    var = global_masked_mean((x - mean) ** 2, mask)
     out = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
@@ -74,20 +85,26 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, returns
 
 
+def token_mean(x: torch.Tensor, mask: torch.Tensor, num_tokens: float | None) -> torch.Tensor:
+    """masked_mean, or sum(x * mask) / num_tokens when the mean is over a larger (global) batch
+    of which this is a part: then the parts' values add up to the whole batch's mean."""
+    return masked_mean(x, mask) if num_tokens is None else (x * mask).sum() / num_tokens
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, clip_range: float) -> torch.Tensor:
+                mask: torch.Tensor, clip_range: float, num_tokens: float | None = None) -> torch.Tensor:
     """PPO clipped surrogate: masked mean of max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps)),
-    rho = exp(log pi - log pi_old)."""
+    rho = exp(log pi - log pi_old). num_tokens: see token_mean."""
     ratio = torch.exp(logprobs - old_logprobs)
     loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range))
-    return masked_mean(loss, mask)
+    return token_mean(loss, mask, num_tokens)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip_range: float) -> torch.Tensor:
+               clip_range: float, num_tokens: float | None = None) -> torch.Tensor:
     """Clipped value loss: 0.5 * masked mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
     clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * token_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask, num_tokens)
 
 
 class KLController:
@@ -126,12 +143,16 @@ class PPOConfig:
     whiten_rewards: bool
     no_eos_penalty: float | None
     seed: int
+    micro_batch: int = 0  # rollouts per forward pass on one process in the update (0 = the whole minibatch)
+    checkpoint_every: int = 0  # iterations between resumable checkpoints (0 = none)
+    checkpoint_keep: int = 2  # checkpoints kept on disk
 
 
 @torch.no_grad()
 def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PPOConfig, kl_coef: float,
             generator: torch.Generator) -> dict:
-    """Sample, score and shape one batch; everything the update needs, no gradients."""
+    """Sample, score and shape one batch (this rank's prompts); everything the update needs, no
+    gradients. Reward and advantage whitening use statistics over every rank's rollouts."""
     device = next(policy.parameters()).device
     for m in (policy, ref, rm, value):
         m.eval()
@@ -160,101 +181,159 @@ def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PP
                 gen_logprobs=gen_logprobs)
 
 
+STATS = ["policy_loss", "value_loss", "clip_frac", "approx_kl", "entropy", "value_clip_frac", "first_ratio"]
+
+
 def update(policy, value, optimizer, batch: dict, cfg: PPOConfig, rng: random.Random) -> dict:
-    """cfg.ppo_epochs passes over the rollout in shuffled minibatches of cfg.step_batch."""
+    """cfg.ppo_epochs passes over the rollout in shuffled minibatches of cfg.step_batch rollouts.
+    Sizes are global: each rank takes step_batch / W of its own rollouts per minibatch, in
+    micro-batches of cfg.micro_batch. Each micro-batch's loss is its share of the global
+    minibatch's token mean and gradients are summed over ranks, so the update is the same for
+    any micro-batching and number of processes (STYLE.md 13). Logged values are global."""
     device = batch["p_ids"].device
     policy.train()
     value.train()
-    n = len(batch["p_ids"])
-    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl",
-                                                     "entropy", "value_clip_frac", "first_ratio")}
+    n = len(batch["p_ids"])  # this rank's rollouts
+    local_step = dist.per_rank(cfg.step_batch, "--step-batch")
+    micro = dist.micro_size(local_step, cfg.micro_batch, "--step-batch")
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    sums = dict.fromkeys(STATS, 0.0)
+    tokens = first_tokens = 0.0
+    minibatches = 0
     for epoch in range(cfg.ppo_epochs):
         order = list(range(n))
         rng.shuffle(order)
-        for start in range(0, n, cfg.step_batch):
-            idx = torch.tensor(order[start:start + cfg.step_batch], device=device)
-            mb = {k: v[idx] for k, v in batch.items()}
-            m = mb["mask"]
-            with autocast(device):
-                logits = models.response_logits(policy, mb["p_ids"], mb["p_mask"], mb["r_ids"], m)
-                new_values = models.token_values(value, mb["p_ids"], mb["p_mask"], mb["r_ids"], m)
-            logprobs = models.token_logprobs(logits, mb["r_ids"], cfg.temperature)
-            pl = policy_loss(logprobs, mb["logprobs"], mb["advantages"], m, cfg.clip_range)
-            vl = value_loss(new_values, mb["values"], mb["returns"], m, cfg.clip_range_value)
-            loss = pl + cfg.vf_coef * vl
+        for start in range(0, n, local_step):
+            rows = order[start:start + local_step]
+            num_tokens = dist.all_sum(batch["mask"][rows].sum().item()).item()  # the global minibatch's
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for chunk in dist.chunks(rows, micro):
+                idx = torch.tensor(chunk, device=device)
+                mb = {k: v[idx] for k, v in batch.items()}
+                m = mb["mask"]
+                with autocast(device):
+                    logits = models.response_logits(policy, mb["p_ids"], mb["p_mask"], mb["r_ids"], m)
+                    new_values = models.token_values(value, mb["p_ids"], mb["p_mask"], mb["r_ids"], m)
+                logprobs = models.token_logprobs(logits, mb["r_ids"], cfg.temperature)
+                pl = policy_loss(logprobs, mb["logprobs"], mb["advantages"], m, cfg.clip_range, num_tokens)
+                vl = value_loss(new_values, mb["values"], mb["returns"], m, cfg.clip_range_value, num_tokens)
+                (pl + cfg.vf_coef * vl).backward()
+                with torch.no_grad():  # token sums, divided by the global token count at the end
+                    log_ratio = (logprobs - mb["logprobs"]) * m
+                    ratio = log_ratio.exp()
+                    tok_sum = lambda x: (x * m).sum().item()
+                    sums["policy_loss"] += pl.item()
+                    sums["value_loss"] += vl.item()
+                    sums["clip_frac"] += tok_sum(((ratio - 1).abs() > cfg.clip_range).float())
+                    sums["approx_kl"] += tok_sum(0.5 * log_ratio ** 2)
+                    sums["entropy"] += tok_sum(models.entropy(logits.detach(), cfg.temperature))
+                    sums["value_clip_frac"] += tok_sum(((new_values - mb["values"]).abs() >
+                                                        cfg.clip_range_value).float())
+                    tokens += m.sum().item()
+                    if epoch == 0 and start == 0:  # the first minibatch, before any step: ratio must be 1
+                        sums["first_ratio"] += tok_sum(ratio)
+                        first_tokens += m.sum().item()
+            dist.sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
-            with torch.no_grad():
-                log_ratio = (logprobs - mb["logprobs"]) * m
-                ratio = log_ratio.exp()
-                stats["policy_loss"].append(pl.item())
-                stats["value_loss"].append(vl.item())
-                stats["clip_frac"].append(masked_mean(((ratio - 1).abs() > cfg.clip_range).float(), m).item())
-                stats["approx_kl"].append(masked_mean(0.5 * log_ratio ** 2, m).item())
-                stats["entropy"].append(masked_mean(models.entropy(logits.detach(), cfg.temperature), m).item())
-                stats["value_clip_frac"].append(
-                    masked_mean(((new_values - mb["values"]).abs() > cfg.clip_range_value).float(), m).item())
-                if epoch == 0 and start == 0:
-                    stats["first_ratio"].append(masked_mean(ratio, m).item())
+            minibatches += 1
     policy.eval()
     value.eval()
-    return {k: sum(v) / len(v) for k, v in stats.items() if v}
+    total = dict(zip(STATS + ["tokens", "first_tokens"],
+                     dist.all_sum([sums[k] for k in STATS] + [tokens, first_tokens]).tolist()))
+    stats = {k: total[k] / max(total["tokens"], 1.0) for k in STATS}
+    stats["policy_loss"] = total["policy_loss"] / minibatches  # already token means of each minibatch
+    stats["value_loss"] = total["value_loss"] / minibatches
+    stats["first_ratio"] = total["first_ratio"] / max(total["first_tokens"], 1.0)
+    return stats
 
 
 def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], records: list[dict], cfg: PPOConfig,
               metrics=None, gold: Callable[[dict, str], float] | None = None, desc: str = "ppo",
-              show: bool = True) -> KLController:
+              show: bool = True, checkpoint_dir=None) -> KLController:
     """Run cfg.iterations PPO iterations on the prompts (Step 3, and Step 5 with the re-learned RM).
-    `gold(record, text)`, when given (built-in task), logs the gold score of every rollout."""
+    `gold(record, text)`, when given (built-in task), logs the gold score of every rollout.
+    rollout_batch is global: each rank rolls out its shard of the batch's prompts. With
+    `checkpoint_dir`, a resumable checkpoint is saved every cfg.checkpoint_every iterations and
+    the loop resumes from the latest one found there."""
     device = next(policy.parameters()).device
     for m in (ref, rm):
         m.requires_grad_(False)  # frozen: no optimizer state, no gradients (STYLE.md 15)
+    dist.per_rank(cfg.rollout_batch, "--rollout-batch")
+    dist.per_rank(cfg.step_batch, "--step-batch")
+    dist.broadcast_parameters(policy)
+    dist.broadcast_parameters(value)
     params = list(policy.parameters()) + list(value.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)  # Adam eps 1e-5 (STYLE.md 14)
     # linear decay to 0 over the run, stepped once per rollout (AlpacaFarm decays too)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - it / max(1, cfg.iterations))
     kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    rng = random.Random(cfg.seed)
+    batches = dist.Batches(len(prompts), cfg.rollout_batch, cfg.seed)  # its rng also shuffles the minibatches
     generator = models.make_generator(device, cfg.seed)
-    order: list[int] = []
-    bar = tqdm(range(cfg.iterations), desc=desc, disable=not show, leave=False)
+
+    def save_checkpoint(next_iteration: int) -> None:
+        shared = {"iteration": next_iteration, "policy": policy.state_dict(), "value": value.state_dict(),
+                  "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "kl_coef": kl.value,
+                  "batches": batches.state_dict(), "metrics_bytes": metrics.size() if metrics is not None else 0}
+        own = {"generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+        checkpoint.save(checkpoint_dir, next_iteration, shared, own, cfg.checkpoint_keep)
+
+    start = 0
+    found = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
+    if found is not None:
+        shared, own = checkpoint.load(found, device)
+        policy.load_state_dict(shared["policy"])
+        value.load_state_dict(shared["value"])
+        optimizer.load_state_dict(shared["optimizer"])
+        sched.load_state_dict(shared["scheduler"])
+        kl.value = shared["kl_coef"]
+        batches.load_state_dict(shared["batches"])
+        generator.set_state(own["generator"])
+        torch.set_rng_state(own["torch_rng"])
+        start = shared["iteration"]
+        if metrics is not None:
+            metrics.truncate(shared["metrics_bytes"])  # rows logged after the checkpoint are redone
+        if show:
+            print(f"  resuming {desc} from {found} (iteration {start} of {cfg.iterations})", flush=True)
+    elif metrics is not None and checkpoint_dir is not None:
+        metrics.truncate(0)  # a killed attempt with no checkpoint: start the log over
+
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc=desc, disable=not show,
+               leave=False)
     for it in bar:
-        if len(order) < cfg.rollout_batch:
-            fresh = list(range(len(prompts)))
-            rng.shuffle(fresh)
-            order += fresh
-        idx, order = order[:cfg.rollout_batch], order[cfg.rollout_batch:]
-        batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in idx], cfg, kl.value, generator)
+        idx = batches.next()
+        local = dist.shard(idx)  # this rank's prompts of the global rollout batch
+        batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in local], cfg, kl.value, generator)
         lr = optimizer.param_groups[0]["lr"]
-        row = update(policy, value, optimizer, batch, cfg, rng)
+        row = update(policy, value, optimizer, batch, cfg, batches.rng)
         sched.step()
         mask = batch["mask"]
-        seq_kl = ((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(-1).mean().item()
-        row.update(
-            iteration=it, kl_coef=kl.value, lr=lr,
-            score=batch["rm_scores"].mean().item(), kl=seq_kl,
-            score_minus_kl=batch["rm_scores"].mean().item() - kl.value * seq_kl,
-            response_len=mask.sum(-1).mean().item(), eos_rate=batch["has_eos"].float().mean().item(),
-            explained_variance=explained_variance(batch["values"], batch["returns"], mask),
-        )
         texts = models.decode_responses(tokenizer, batch["r_ids"], mask)
+        gold_sum = sum(gold(records[i], t) for i, t in zip(local, texts)) if gold is not None else 0.0
+        seq_kl = ((batch["logprobs"] - batch["ref_logprobs"]) * mask).sum(-1)
+        sums = dist.all_sum([batch["rm_scores"].sum().item(), seq_kl.sum().item(), mask.sum().item(),
+                             batch["has_eos"].float().sum().item(), gold_sum]) / len(idx)
+        score, kl_mean, response_len, eos_rate, gold_mean = sums.tolist()
+        row.update(iteration=it, kl_coef=kl.value, lr=lr, score=score, kl=kl_mean,
+                   score_minus_kl=score - kl.value * kl_mean, response_len=response_len, eos_rate=eos_rate,
+                   explained_variance=explained_variance(batch["values"], batch["returns"], mask))
         if gold is not None:
-            row["gold"] = sum(gold(records[i], t) for i, t in zip(idx, texts)) / len(idx)
-        kl.update(seq_kl, cfg.rollout_batch)
+            row["gold"] = gold_mean
+        kl.update(kl_mean, cfg.rollout_batch)  # the global KL: every rank keeps the same beta
         if metrics is not None:
             metrics.log(**row, samples=[f"{records[i]['instruction']} {records[i]['input']} -> {t}"
-                                        for i, t in zip(idx[:3], texts[:3])])
-        bar.set_postfix(score=f"{row['score']:.2f}", kl=f"{seq_kl:.2f}",
-                        **({"gold": f"{row['gold']:.3f}"} if "gold" in row else {}))
+                                        for i, t in zip(local[:3], texts[:3])])
+        bar.set_postfix(score=f"{score:.2f}", kl=f"{kl_mean:.2f}",
+                        **({"gold": f"{gold_mean:.3f}"} if gold is not None else {}))
+        if checkpoint_dir is not None and cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 \
+                and it + 1 < cfg.iterations:
+            save_checkpoint(it + 1)
     return kl
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var(R - V) / Var(R) over valid tokens (1 = perfect value model)."""
-    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    """1 - Var(R - V) / Var(R) over valid tokens of every rank (1 = perfect value model)."""
+    var_r = global_masked_mean((returns - global_masked_mean(returns, mask)) ** 2, mask)
     diff = returns - values
-    var_d = masked_mean((diff - masked_mean(diff, mask)) ** 2, mask)
+    var_d = global_masked_mean((diff - global_masked_mean(diff, mask)) ** 2, mask)
     return (1.0 - var_d / var_r.clamp(min=1e-8)).item()

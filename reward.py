@@ -8,7 +8,6 @@ token of prompt+response (models.sequence_scores), initialised from the SFT mode
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import dist
 import models
 from models import autocast
 
@@ -55,15 +55,18 @@ def pair_rewards(rm, pairs: list[Pair], pad_id: int):
 
 @torch.no_grad()
 def pairwise_accuracy(rm, pairs: list[Pair], pad_id: int, batch_size: int = 64) -> dict:
-    """Fraction of pairs where r(y_w) > r(y_l) (a tie counts half), and the mean margin."""
+    """Fraction of pairs where r(y_w) > r(y_l) (a tie counts half), and the mean margin.
+    Each rank scores its shard of the pairs; the counts are summed over ranks."""
     rm.eval()
+    correct, margin = 0.0, 0.0
+    local = dist.shard(pairs)
+    for i in range(0, len(local), batch_size):
+        c, r = pair_rewards(rm, local[i:i + batch_size], pad_id)
+        correct += ((c > r).float() + 0.5 * (c == r).float()).sum().item()
+        margin += (c - r).float().sum().item()
+    correct, margin = dist.all_sum([correct, margin]).tolist()
     if not pairs:
         return {"accuracy": float("nan"), "margin": float("nan"), "pairs": 0}
-    correct, margin = 0.0, 0.0
-    for i in range(0, len(pairs), batch_size):
-        c, r = pair_rewards(rm, pairs[i:i + batch_size], pad_id)
-        correct += ((c > r).float() + 0.5 * (c == r).float()).sum().item()
-        margin += (c - r).sum().item()
     return {"accuracy": correct / len(pairs), "margin": margin / len(pairs), "pairs": len(pairs)}
 
 
@@ -84,43 +87,52 @@ def num_steps(n_pairs: int, batch_size: int, epochs: float) -> int:
     return max(1, math.ceil(max(1, n_pairs // batch_size) * epochs))
 
 
+def accumulate_gradients(rm, pairs: list[Pair], batch: list[int], pad_id: int, micro: int) -> dict:
+    """The gradient of the Bradley-Terry loss of the global batch (indices `batch`) in .grad,
+    without the all-reduce (the caller may add more loss terms first): this rank back-propagates
+    its shard in micro-batches, each weighted by its share of the global batch. Returns the
+    global batch's loss and accuracy (all-reduced)."""
+    loss_sum, correct = 0.0, 0.0
+    for idx in dist.chunks(dist.shard(batch), micro):
+        chosen, rejected = pair_rewards(rm, [pairs[i] for i in idx], pad_id)
+        loss = bradley_terry_loss(chosen, rejected) * (len(idx) / len(batch))
+        loss.backward()
+        loss_sum += loss.item()
+        correct += ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).sum().item()
+    loss_sum, correct = dist.all_sum([loss_sum, correct]).tolist()
+    return {"bt_loss": loss_sum, "train_acc": correct / len(batch)}
+
+
 def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_size: int, epochs: float,
-                       max_grad_norm: float, seed: int, metrics=None, val_pairs: list[Pair] | None = None,
+                       max_grad_norm: float, seed: int, micro_batch: int = 0, metrics=None,
+                       val_pairs: list[Pair] | None = None,
                        extra_loss: Callable[[int], tuple[torch.Tensor, dict]] | None = None,
                        extra_params=(), extra_lr: float | None = None, desc: str = "reward",
                        show: bool = True) -> None:
     """Minimise the Bradley-Terry loss over `pairs` (plus `extra_loss(step)`, Eq. 1's
-    lambda * L_M term in RLP-UML). AdamW, linear warm-up over the first 5% of steps,
-    then constant (our choice)."""
-    rng = random.Random(seed)
+    lambda * L_M term in RLP-UML, which returns this rank's share of it). AdamW, linear
+    warm-up over the first 5% of steps, then constant (our choice). batch_size is global."""
+    micro = dist.micro_size(dist.per_rank(batch_size, "--rm-batch"), micro_batch, "--rm-batch")
     total = num_steps(len(pairs), batch_size, epochs)
     rm_params = [p for p in rm.parameters() if p.requires_grad]
     extra_params = list(extra_params)
+    dist.broadcast_parameters(rm)
     groups = [{"params": rm_params, "lr": lr}]
     if extra_params:  # new heads (UML) get their own learning rate and their own clipping
         groups.append({"params": extra_params, "lr": extra_lr or lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    order: list[int] = []
+    batches = dist.Batches(len(pairs), batch_size, seed)
     rm.train()
     for step in tqdm(range(total), desc=desc, disable=not show, leave=False):
-        if len(order) < batch_size:
-            fresh = list(range(len(pairs)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch = [pairs[i] for i in order[:batch_size]]
-        del order[:batch_size]
-        chosen, rejected = pair_rewards(rm, batch, pad_id)
-        loss = bradley_terry_loss(chosen, rejected)
-        row = {"bt_loss": loss.item(),
-               "train_acc": ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()}
+        opt.zero_grad(set_to_none=True)
+        row = accumulate_gradients(rm, pairs, batches.next(), pad_id, micro)
         if extra_loss is not None:
             extra, extra_row = extra_loss(step)
-            loss = loss + extra
+            extra.backward()
             row.update(extra_row)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        dist.sum_gradients(rm_params + extra_params)
         row["grad_norm"] = torch.nn.utils.clip_grad_norm_(rm_params, max_grad_norm).item()
         if extra_params:
             torch.nn.utils.clip_grad_norm_(extra_params, max_grad_norm)
@@ -130,5 +142,7 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
         if metrics is not None and (step % 10 == 0 or step == total - 1):
             metrics.log(step=step, **row)
     rm.eval()
-    if metrics is not None and val_pairs:
-        metrics.log(step=total, **{f"val_{k}": v for k, v in pairwise_accuracy(rm, val_pairs, pad_id).items()})
+    if val_pairs:
+        val = pairwise_accuracy(rm, val_pairs, pad_id)  # every rank takes part; rank 0 logs
+        if metrics is not None:
+            metrics.log(step=total, **{f"val_{k}": v for k, v in val.items()})

@@ -12,6 +12,7 @@ import random
 
 import torch
 
+import dist
 import models
 import reward
 import spg
@@ -32,24 +33,34 @@ def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: li
                 batch_size: int, max_response_len: int, seed: int, total_steps: int, beta: float = 1.0):
     """Eq. 1's lambda * L_M on a fresh batch of P at every call: for each instruction, two
     distinct policy samples are the two views v_1 = (x, y_1), v_2 = (x, y_2). The SKL weight
-    warms up from 1e-3 to `beta` (ib_loss.beta_schedule)."""
+    warms up from 1e-3 to `beta` (ib_loss.beta_schedule). batch_size instructions are drawn
+    with the same generator on every rank; each rank computes L_M on its shard of them, weighted
+    by its share (the JSD estimator's negatives then come from the rank's own shard: one
+    negative per row either way, so the estimate's expectation does not change)."""
     rng = random.Random(seed + 1)  # not the stream that shuffles the pairs
     device = next(rm.parameters()).device
     pad = tokenizer.pad_token_id
+    if dist.per_rank(min(batch_size, len(samples)), "--uml-batch") < 2:
+        raise SystemExit("error: RLP-UML needs at least 2 instructions of P per process and step (the MI "
+                         "estimator's negatives are other rows): raise --uml-batch")
 
     def extra_loss(step: int):
-        rows = rng.sample(range(len(samples)), min(batch_size, len(samples)))
-        y1, y2 = [], []
-        for i in rows:
+        views = []
+        for i in rng.sample(range(len(samples)), min(batch_size, len(samples))):
             a, b = rng.sample(range(len(samples[i]["outputs"])), 2)
-            y1.append(samples[i]["outputs"][a])
-            y2.append(samples[i]["outputs"][b])
+            views.append((i, samples[i]["outputs"][a], samples[i]["outputs"][b]))
+        local = dist.shard(views)
+        rows = [i for i, _, _ in local]
+        y1, y2 = [v[1] for v in local], [v[2] for v in local]
         p_ids, p_mask = models.left_pad([prompts[i] for i in rows] * 2, pad, device)
         r_ids, r_mask = models.right_pad(models.encode_responses(tokenizer, y1 + y2, max_response_len), pad, device)
         with models.autocast(device):
             h = models.last_token_hidden(rm, p_ids, p_mask, r_ids, r_mask)  # both views in one forward
         loss, stats = heads(h[:len(rows)], h[len(rows):], beta=beta_schedule(step, total_steps, end=beta))
-        return lam * loss, stats
+        share = len(rows) / len(views)
+        keys = [k for k in stats if k != "mib_beta"]
+        totals = dist.all_sum([stats[k] * share for k in keys]).tolist()  # logged values: global means
+        return lam * loss * share, {**dict(zip(keys, totals)), "mib_beta": stats["mib_beta"]}
 
     return extra_loss
 

@@ -3,29 +3,52 @@
 from __future__ import annotations
 
 import math
-import random
 
 import torch
 from tqdm import tqdm
 
+import dist
 import models
 from models import autocast
 
 
-def sft_loss(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
-    """Step 0: -mean log pi(y_t | x, y_<t) over valid response tokens of the batch."""
+def sft_loss(model, prompt_ids, prompt_mask, resp_ids, resp_mask, num_tokens: float | None = None) -> torch.Tensor:
+    """Step 0: -sum log pi(y_t | x, y_<t) over valid response tokens / num_tokens. num_tokens
+    defaults to this batch's count; training passes the count of the whole global batch, so
+    the loss means the same with any micro-batching and any number of processes."""
     logits = models.response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask)
     logprobs = models.token_logprobs(logits, resp_ids, 1.0)
-    return -(logprobs * resp_mask).sum() / resp_mask.sum()
+    return -(logprobs * resp_mask).sum() / (resp_mask.sum() if num_tokens is None else num_tokens)
+
+
+def accumulate_gradients(model, tokenizer, prompts: list[list[int]], responses: list[list[int]],
+                         batch: list[int], micro: int) -> float:
+    """The gradient of the SFT loss of the global batch (indices `batch`) in every parameter's
+    .grad, the same on every rank: this rank back-propagates its shard in micro-batches, each
+    normalised by the global token count, then gradients are summed over ranks. Returns the
+    global batch's loss."""
+    device = next(model.parameters()).device
+    num_tokens = sum(len(responses[i]) for i in batch)
+    model.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for idx in dist.chunks(dist.shard(batch), micro):
+        p_ids, p_mask = models.left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
+        r_ids, r_mask = models.right_pad([responses[i] for i in idx], tokenizer.pad_token_id, device)
+        with autocast(device):
+            loss = sft_loss(model, p_ids, p_mask, r_ids, r_mask, num_tokens)
+        loss.backward()
+        loss_sum += loss.item()
+    dist.sum_gradients(model.parameters())
+    return dist.all_sum(loss_sum).item()
 
 
 def train_sft(model, tokenizer, prompts: list[list[int]], responses: list[list[int]], *, steps: int,
-              batch_size: int, lr: float, warmup: int, max_grad_norm: float, seed: int, metrics=None,
-              show: bool = True) -> None:
+              batch_size: int, lr: float, warmup: int, max_grad_norm: float, seed: int, micro_batch: int = 0,
+              metrics=None, show: bool = True) -> None:
     """AdamW, linear warm-up then cosine decay to 10% of lr, a fixed number of steps
-    (more reproducible than a time budget, MEASURED.md)."""
-    device = next(model.parameters()).device
-    rng = random.Random(seed)
+    (more reproducible than a time budget, MEASURED.md). batch_size is global (all ranks)."""
+    micro = dist.micro_size(dist.per_rank(batch_size, "--sft-batch"), micro_batch, "--sft-batch")
+    dist.broadcast_parameters(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
 
     def lr_factor(step):
@@ -35,26 +58,16 @@ def train_sft(model, tokenizer, prompts: list[list[int]], responses: list[list[i
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    order: list[int] = []
+    batches = dist.Batches(len(prompts), batch_size, seed)
     model.train()
     bar = tqdm(range(steps), desc="sft", disable=not show, leave=False)
     for step in bar:
-        if len(order) < batch_size:
-            fresh = list(range(len(prompts)))
-            rng.shuffle(fresh)
-            order += fresh
-        idx, order = order[:batch_size], order[batch_size:]
-        p_ids, p_mask = models.left_pad([prompts[i] for i in idx], tokenizer.pad_token_id, device)
-        r_ids, r_mask = models.right_pad([responses[i] for i in idx], tokenizer.pad_token_id, device)
-        with autocast(device):
-            loss = sft_loss(model, p_ids, p_mask, r_ids, r_mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = accumulate_gradients(model, tokenizer, prompts, responses, batches.next(), micro)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm).item()
         opt.step()
         sched.step()
         if step % 20 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             if metrics is not None:
-                metrics.log(step=step, loss=loss.item(), lr=sched.get_last_lr()[0], grad_norm=grad_norm)
+                metrics.log(step=step, loss=loss, lr=sched.get_last_lr()[0], grad_norm=grad_norm)
     model.eval()

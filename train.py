@@ -2,10 +2,12 @@
 
     python train.py                          # every stage, built-in task, runs/default
     python train.py --stage ppo --force      # redo one stage
-    torchrun --nproc_per_node=1 train.py     # the same run under torchrun
+    torchrun --nproc_per_node=4 train.py     # data parallel over 4 processes (GPUs, or CPU with gloo)
+    torchrun --nnodes=2 --node_rank=0 --rdzv-endpoint=HOST:29500 --nproc_per_node=8 train.py   # 2 nodes
 
 Stages (each writes DIR/<stage>/ with a DONE marker once all its outputs are on disk;
-`all` skips a stage whose output is complete, `--force` redoes it):
+`all` skips a stage whose output is complete, `--force` redoes it; re-running a killed command
+resumes from the last complete stage, or from the last PPO checkpoint):
     data        the built-in task's splits (AlpacaFarm format)          -> data/*.jsonl
     sft         Step 0, supervised fine-tuning                           -> sft/
     prefs       Step 1, two SFT samples per instruction + annotator       -> prefs/prefs.jsonl
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import sys
 import time
@@ -102,15 +103,17 @@ class Config:
     uml_lr: float = opt(1e-3, "learning rate of the new UML heads (ours: they start from scratch, the RM does not)")
     uml_batch: int = opt(32, "instructions of P per UML step (ours: = rm_batch)")
     rlp_init: str = opt("sft", "re-learned RM starts from: sft (same start as Step 2, ours) or rm (the Step-2 RM)")
+    # ---- data parallelism and crash safety (none of these change what a run computes)
+    micro_batch: int = opt(0, "examples per forward pass on one process (SFT demos, RM pairs, PPO rollouts); the "
+                              "per-process batch is accumulated in micro-batches of this size; 0 = no accumulation")
+    checkpoint_every: int = opt(10, "PPO iterations between resumable checkpoints; 0 = none (ours)")
+    checkpoint_keep: int = opt(2, "PPO checkpoints kept on disk (ours)")
     # ---- evaluation
     eval_temperature: float = opt(0.7, "sampling temperature at evaluation (paper: 0.7)")
     best_of_n: int = opt(16, "n for the Best-of-n baseline (ours; AlpacaFarm reports best-of-16)")
     gen_batch: int = opt(500, "sequences per sampling/scoring chunk (ours; MEASURED.md: ~250 prompts is fastest)")
 
     def __post_init__(self):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise SystemExit("error: multi-process runs are not supported yet; use one process "
-                             "(python train.py or torchrun --nproc_per_node=1)")
         if self.stage not in STAGES + ["all"]:
             raise SystemExit(f"error: --stage must be one of {', '.join(STAGES + ['all'])}, got {self.stage!r}")
         if self.method not in ("uml", "spg", "both"):
@@ -126,7 +129,12 @@ class Config:
             raise SystemExit("error: --rlp-n must be >= 2 (UML needs two views, SPG needs clusters)")
 
 
-RUN_ONLY = {"stage", "method", "out", "force", "quiet"}  # do not change what a run computes
+# settings that do not change what a run computes (micro-batching changes only float summation order)
+RUN_ONLY = {"stage", "method", "out", "force", "quiet", "micro_batch", "checkpoint_every", "checkpoint_keep"}
+
+# Batch sizes are global (summed over processes); each must divide by the number of processes.
+GLOBAL_BATCHES = {"sft_batch": "--sft-batch", "rm_batch": "--rm-batch", "rollout_batch": "--rollout-batch",
+                  "step_batch": "--step-batch", "uml_batch": "--uml-batch"}
 
 
 def parse_args(argv=None) -> Config:
@@ -148,17 +156,36 @@ def parse_args(argv=None) -> Config:
 class Run:
     """What every stage needs: config, device, folders, logging."""
 
-    def __init__(self, cfg: Config):
-        import torch
-        import models
-        self.cfg, self.out = cfg, Path(cfg.out)
-        self.device = models.pick_device()
-        self.show = not cfg.quiet
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
+    def __init__(self, cfg: Config, device):
+        import dist
+        self.cfg, self.out, self.device = cfg, Path(cfg.out), device
+        self.main = dist.is_main()  # only rank 0 writes files, logs and shows progress bars
+        self.show = not cfg.quiet and self.main
 
     def log(self, msg: str) -> None:
-        print(msg, flush=True)
+        if self.main:
+            print(msg, flush=True)
+
+    # ---- writing: rank 0 only (every rank holds the same weights and gathered data)
+    def save_model(self, model, tokenizer, path) -> None:
+        import models
+        if self.main:
+            models.save_pretrained(model, tokenizer, path)
+
+    def write_records(self, path, rows) -> None:
+        import data
+        if self.main:
+            data.write_records(path, rows)
+
+    def write_json(self, path, obj) -> None:
+        import data
+        if self.main:
+            data.write_json(path, obj)
+
+    def write_text(self, path, text: str) -> None:
+        import data
+        if self.main:
+            data.atomic_write_text(path, text)
 
     def records(self, split: str, schema):
         import data
@@ -200,7 +227,7 @@ def sft_sample_texts(run: Run, tokenizer):
 
 def train_kwargs(cfg: Config, metrics, val_pairs=None, show=True) -> dict:
     return dict(lr=cfg.rm_lr, batch_size=cfg.rm_batch, epochs=cfg.rm_epochs, max_grad_norm=cfg.max_grad_norm,
-                metrics=metrics, val_pairs=val_pairs, show=show)
+                micro_batch=cfg.micro_batch, metrics=metrics, val_pairs=val_pairs, show=show)
 
 
 def split_pairs(records, fraction: float, seed: int):
@@ -222,7 +249,7 @@ def stage_data(run: Run, dest: Path) -> None:
     splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval,
                                cfg.sft_noise)
     for name, rows in splits.items():
-        data.write_records(dest / f"{name}.jsonl", rows)
+        run.write_records(dest / f"{name}.jsonl", rows)
     run.log("  " + ", ".join(f"{k}: {len(v)}" for k, v in splits.items()))
 
 
@@ -245,8 +272,9 @@ def stage_sft(run: Run, dest: Path, metrics) -> None:
     responses = models.encode_responses(tokenizer, [r["output"] for r in recs], cfg.max_response_len)
     run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(recs)} demonstrations")
     train_sft(model, tokenizer, prompts, responses, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.sft_lr,
-              warmup=cfg.sft_warmup, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, metrics=metrics, show=run.show)
-    models.save_pretrained(model, tokenizer, dest)
+              warmup=cfg.sft_warmup, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, micro_batch=cfg.micro_batch,
+              metrics=metrics, show=run.show)
+    run.save_model(model, tokenizer, dest)
 
 
 def stage_prefs(run: Run, dest: Path, metrics) -> None:
@@ -272,7 +300,7 @@ def stage_prefs(run: Run, dest: Path, metrics) -> None:
                                                                                       o2)) / 2
         rows.append({"instruction": r["instruction"], "input": r["input"], "output_1": o1, "output_2": o2,
                      "preference": pref})
-    data.write_records(dest / "prefs.jsonl", rows)
+    run.write_records(dest / "prefs.jsonl", rows)
     if not rows:
         raise SystemExit("error: every Step-1 pair had two identical outputs; nothing to learn from")
     stats = dict(instructions=len(recs), pairs=len(rows), identical_dropped=identical,
@@ -303,7 +331,7 @@ def stage_reward(run: Run, dest: Path, metrics) -> None:
     metrics.log(**stats)
     run.log(f"  held-out accuracy: {stats['val_accuracy_annotator']:.3f} vs annotator labels, "
             f"{stats['val_accuracy_gold']:.3f} vs gold ({len(gold_val)} non-tied pairs)")
-    models.save_pretrained(rm, tokenizer, dest)
+    run.save_model(rm, tokenizer, dest)
 
 
 def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
@@ -326,11 +354,12 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
                      temperature=cfg.temperature, max_response_len=cfg.max_response_len,
                      max_grad_norm=cfg.max_grad_norm, whiten_rewards=cfg.whiten_rewards,
                      no_eos_penalty=None if cfg.no_eos_penalty != cfg.no_eos_penalty else cfg.no_eos_penalty,
-                     seed=cfg.seed + 7)
+                     seed=cfg.seed + 7, micro_batch=cfg.micro_batch, checkpoint_every=cfg.checkpoint_every,
+                     checkpoint_keep=cfg.checkpoint_keep)
     train_ppo(policy, ref, rm, value, tokenizer, run.prompts(tokenizer, recs), recs, pcfg, metrics=metrics,
-              gold=run.gold(), desc=desc, show=run.show)
-    models.save_pretrained(policy, tokenizer, dest / "policy")
-    models.save_pretrained(value, tokenizer, dest / "value")
+              gold=run.gold(), desc=desc, show=run.show, checkpoint_dir=dest / CHECKPOINTS)
+    run.save_model(policy, tokenizer, dest / "policy")
+    run.save_model(value, tokenizer, dest / "value")
 
 
 def stage_ppo(run: Run, dest: Path, metrics) -> None:
@@ -349,7 +378,7 @@ def stage_rlp_samples(run: Run, dest: Path, metrics) -> None:
     samples = rlp.build_policy_samples(policy, tokenizer, recs, run.prompts(tokenizer, recs), cfg.rlp_n,
                                        cfg.rlp_temperature, cfg.max_response_len, cfg.gen_batch, cfg.seed + 4,
                                        show=run.show)
-    data.write_records(dest / "P.jsonl", samples)
+    run.write_records(dest / "P.jsonl", samples)
     metrics.log(instructions=len(samples), n=cfg.rlp_n)
 
 
@@ -390,9 +419,10 @@ def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
                             train_kwargs=train_kwargs(cfg, metrics, val, run.show))
     mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
     metrics.log(score_mean=mean, score_std=std)
-    models.save_pretrained(rm, tokenizer, dest)
-    save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(dest / "uml_heads.safetensors"))
-    data.write_json(dest / "uml_heads.json", heads.config())
+    run.save_model(rm, tokenizer, dest)
+    if run.main:
+        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(dest / "uml_heads.safetensors"))
+    run.write_json(dest / "uml_heads.json", heads.config())
 
 
 def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
@@ -418,7 +448,7 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
     metrics.log(**stats)
     run.log(f"  SPG: {stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}, "
             f"{stats['pairs']} pairs, synthetic-label accuracy vs gold {stats['label_accuracy_gold']:.3f}")
-    data.write_records(dest / "synthetic_prefs.jsonl", synthetic)
+    run.write_records(dest / "synthetic_prefs.jsonl", synthetic)
     train, val, _ = human_pairs(run, tokenizer)
     synth_pairs = reward.make_pairs(tokenizer, synthetic, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
     rm = new_rlp_rm(run)
@@ -426,7 +456,7 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
                     train_kwargs=train_kwargs(cfg, metrics, val, run.show))
     mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
     metrics.log(score_mean=mean, score_std=std)
-    models.save_pretrained(rm, tokenizer, dest)
+    run.save_model(rm, tokenizer, dest)
 
 
 def stage_rlp_ppo(method: str):
@@ -442,10 +472,10 @@ def stage_eval(run: Run, dest: Path, metrics) -> None:
     results, outputs = evaluate.evaluate(run.out, recs, run.cfg, run.device, show=run.show)
     rows = [{"instruction": r["instruction"], "input": r["input"], **{k: v[i] for k, v in outputs.items()}}
             for i, r in enumerate(recs)]
-    data.write_records(dest / "outputs.jsonl", rows)
-    data.write_json(dest / "results.json", results)
+    run.write_records(dest / "outputs.jsonl", rows)
+    run.write_json(dest / "results.json", results)
     table = evaluate.markdown(results)
-    data.atomic_write_text(dest / "results.md", table)
+    run.write_text(dest / "results.md", table)
     metrics.log(**{f"{k}_win_rate": v["win_rate"] for k, v in results["policies"].items()})
     run.log("\n" + table)
 
@@ -468,43 +498,90 @@ def plan(cfg: Config) -> list[tuple[str, object]]:
     return [item for name in names for item in table[name]]
 
 
-def check_settings(cfg: Config, out: Path) -> None:
-    """Save the settings with the run (config.json)."""
+CHECKPOINTS = "checkpoints"  # PPO's resumable checkpoints, inside the stage's .partial folder
+PPO_STAGES = {"ppo", "rlp_ppo_uml", "rlp_ppo_spg"}
+
+
+def check_settings(cfg: Config, out: Path) -> dict:
+    """The settings are saved with the run (config.json). A run folder made with other settings
+    is not silently mixed with new ones: a difference is an error unless --force."""
     import data
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
-    data.write_json(out / "config.json", settings)
+    saved_path = out / "config.json"
+    if saved_path.is_file() and not cfg.force:
+        saved = json.loads(saved_path.read_text())
+        saved = {k: v for k, v in saved.items() if k not in RUN_ONLY}
+        diff = [f"--{k.replace('_', '-')}: {saved.get(k, '(not set)')} in the run, {settings.get(k, '(not set)')} now"
+                for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)
+                and not (isinstance(saved.get(k), float) and saved.get(k) != saved.get(k)
+                         and settings.get(k) != settings.get(k))]  # nan == nan here
+        if diff:
+            raise SystemExit(f"error: {out} was made with other settings:\n  " + "\n  ".join(diff) +
+                             "\nuse another --out, the same settings, or --force to redo the requested stages "
+                             "with the new ones")
+    return settings
+
+
+def check_world(cfg: Config) -> None:
+    """Global batch sizes must split evenly over the processes (a clear error up front)."""
+    import dist
+    for key, flag in GLOBAL_BATCHES.items():
+        dist.per_rank(getattr(cfg, key), flag)
 
 
 def main(argv=None) -> None:
     cfg = parse_args(argv)
+    import dist
+    device = dist.init()
+    try:
+        run_stages(cfg, device)
+    finally:
+        dist.close()
+
+
+def run_stages(cfg: Config, device) -> None:
     import data
+    import dist
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(cfg, out)
-    run = Run(cfg)
-    run.log(f"RLP run in {out}  device={run.device}  stage={cfg.stage}")
-    if cfg.stage not in ("all", "data") and not data.is_complete(out, "data"):
-        run.log("[data] built-in task splits")  # cheap and deterministic: made on demand
-        with data.stage_output(out, "data") as dest:
-            stage_data(run, dest)
+    check_world(cfg)
+    settings = check_settings(cfg, out)  # every rank checks; rank 0 then writes
+    run = Run(cfg, device)
+    if run.main:
+        out.mkdir(parents=True, exist_ok=True)
+        data.write_json(out / "config.json", settings)
+    dist.barrier()
+    run.log(f"RLP run in {out}  device={device}  processes={dist.world()}  stage={cfg.stage}")
+    auto_data = cfg.stage not in ("all", "data")  # the built-in splits are cheap and deterministic: on demand
+    todo = ([("data", lambda run, dest, metrics: stage_data(run, dest))] if auto_data else []) + plan(cfg)
     t_all = time.time()
-    for name, fn in plan(cfg):
-        if data.is_complete(out, name) and not cfg.force:
+    for name, fn in todo:
+        if run.main:
+            data.finish_interrupted(out, name)
+        done = dist.broadcast_object(data.is_complete(out, name))  # every rank takes rank 0's decision
+        redo = cfg.force and not (auto_data and name == "data")
+        if done and not redo:
             run.log(f"[{name}] complete, skipped (--force to redo)")
             continue
         run.log(f"[{name}]")
         t0 = time.time()
         seed_everything(cfg.seed + sum(map(ord, name)))  # each stage's randomness independent of the others
-        with data.stage_output(out, name) as dest:
-            metrics = data.Metrics(dest / "metrics.jsonl")
+        resume = name in PPO_STAGES and not redo  # keep a killed attempt's PPO checkpoints
+        with data.stage_output(out, name, resume=resume, main=run.main) as dest:
+            dist.barrier()  # rank 0 has made the folder
+            metrics = data.Metrics(dest / "metrics.jsonl" if run.main else None)
             try:
                 fn(run, dest, metrics)
                 metrics.log(stage_seconds=round(time.time() - t0, 1))
             finally:
                 metrics.close()
+            dist.barrier()  # every rank is done with the stage before rank 0 moves it into place
+        if run.main:
+            data.remove(out / name / CHECKPOINTS)  # the stage is complete: its checkpoints are not needed
+            with open(out / "timings.jsonl", "a") as f:
+                f.write(json.dumps({"stage": name, "seconds": round(time.time() - t0, 1),
+                                    "processes": dist.world()}) + "\n")
+        dist.barrier()  # the next stage reads this one's outputs
         run.log(f"[{name}] done in {time.time() - t0:.1f}s")
-        with open(out / "timings.jsonl", "a") as f:
-            f.write(json.dumps({"stage": name, "seconds": round(time.time() - t0, 1)}) + "\n")
     run.log(f"finished in {time.time() - t_all:.1f}s")
 
 

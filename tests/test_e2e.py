@@ -120,7 +120,7 @@ def test_malformed_data_is_a_clear_error_and_writes_nothing(tmp_path):
 
 
 def test_prompt_too_long_names_file_and_line(tmp_path):
-    train(tmp_path, "--stage", "data")
+    train(tmp_path, "--stage", "data", "--max-prompt-len", "8")
     proc = train(tmp_path, "--stage", "sft", "--max-prompt-len", "8", check=False)
     assert proc.returncode != 0
     assert "sft.jsonl:1: prompt is" in proc.stderr and "--max-prompt-len 8" in proc.stderr

@@ -1,0 +1,80 @@
+"""Resumable checkpoints for the long loops (PPO, Steps 3 and 5), safe against SIGKILL at any moment.
+
+    DIR/iter_000020/state.pt      what every rank shares: weights, optimizer, schedule, KL controller,
+                                  the data order, the iteration, the size of metrics.jsonl
+    DIR/iter_000020/rank0.pt ...  what each rank owns: its sampling generator and torch RNG states
+    DIR/iter_000020/COMPLETE      written last
+
+A checkpoint is built in a hidden `.iter_000020.tmp` folder and renamed into place only after
+every file (and the COMPLETE marker) is on disk, so a process killed while writing one leaves
+the previous checkpoint as the latest usable one. The last `keep` checkpoints are kept.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+import data
+import dist
+
+COMPLETE = "COMPLETE"
+NAME = re.compile(r"^iter_(\d{6})$")
+
+
+def _save(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save(directory, iteration: int, shared: dict, own: dict, keep: int = 2) -> Path:
+    """Write checkpoint `iteration` (every rank calls this: rank 0 writes `shared`, each rank
+    its `own` file) and delete all but the newest `keep`."""
+    directory = Path(directory)
+    final = directory / f"iter_{iteration:06d}"
+    tmp = directory / f".iter_{iteration:06d}.tmp"
+    if dist.is_main():
+        data.remove(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    _save({**own, "world_size": dist.world()}, tmp / f"rank{dist.rank()}.pt")
+    dist.barrier()
+    if dist.is_main():
+        _save({**shared, "world_size": dist.world()}, tmp / "state.pt")
+        (tmp / COMPLETE).write_text(f"iteration {iteration}\n")
+        data.remove(final)
+        os.replace(tmp, final)
+        for old in [p for p in directory.iterdir() if p.name.endswith(".tmp")] + complete(directory)[:-keep]:
+            data.remove(old)  # stale temporary folders of killed writes, and old checkpoints
+    dist.barrier()
+    return final
+
+
+def complete(directory) -> list[Path]:
+    """Finished checkpoints, oldest first (a folder without COMPLETE is ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if NAME.match(p.name) and (p / COMPLETE).is_file()]
+    return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)))
+
+
+def latest(directory) -> Path | None:
+    found = complete(directory)
+    return found[-1] if found else None
+
+
+def load(path, device) -> tuple[dict, dict]:
+    """(shared, own) of a checkpoint written by as many processes as are running now."""
+    path = Path(path)
+    shared = torch.load(path / "state.pt", map_location=device, weights_only=True)
+    if shared["world_size"] != dist.world():
+        raise SystemExit(f"error: the checkpoint {path} was written by {shared['world_size']} process(es); "
+                         f"resume it with as many (torchrun --nproc_per_node={shared['world_size']}), or pass "
+                         f"--force to restart the stage")
+    own = torch.load(path / f"rank{dist.rank()}.pt", map_location="cpu", weights_only=True)
+    return shared, own
