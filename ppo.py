@@ -293,7 +293,7 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
         start = shared["iteration"]
         if metrics is not None:
             metrics.truncate(shared["metrics_bytes"])  # rows logged after the checkpoint are redone
-        if show:
+        if dist.is_main():  # also with --quiet: a resumed run says so
             print(f"  resuming {desc} from {found} (iteration {start} of {cfg.iterations})", flush=True)
     elif metrics is not None and checkpoint_dir is not None:
         metrics.truncate(0)  # a killed attempt with no checkpoint: start the log over

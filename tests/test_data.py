@@ -216,3 +216,77 @@ def test_stage_output_failure_keeps_earlier_complete_output(tmp_path):
     assert (final / "model.bin").read_text() == "v3"
     assert sorted(p.name for p in final.iterdir()) == sorted(["model.bin", data.DONE])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ppo"]
+
+
+def test_stage_output_resume_keeps_a_killed_attempt_only_when_asked(tmp_path):
+    partial = tmp_path / ".ppo.partial"
+    partial.mkdir()
+    (partial / "checkpoints").mkdir()
+    with data.stage_output(tmp_path, "ppo", resume=True) as d:
+        assert (d / "checkpoints").is_dir()  # PPO finds its checkpoints
+    (tmp_path / ".rm.partial" / "junk").mkdir(parents=True)
+    with data.stage_output(tmp_path, "rm") as d:
+        assert not (d / "junk").exists()  # every other stage starts from an empty folder
+
+
+def test_stage_output_on_other_ranks_writes_nothing(tmp_path):
+    with data.stage_output(tmp_path, "sft", main=False) as d:
+        assert d == tmp_path / ".sft.partial"
+    assert not (tmp_path / "sft").exists() and not d.exists()
+
+
+def test_finish_interrupted_completes_a_rename_cut_short(tmp_path):
+    # killed between moving the old output away and moving the new one into place
+    partial = tmp_path / ".sft.partial"
+    partial.mkdir()
+    (partial / "model").write_text("new")
+    (partial / data.DONE).write_text("complete\n")
+    (tmp_path / ".sft.old").mkdir()
+    data.finish_interrupted(tmp_path, "sft")
+    assert data.is_complete(tmp_path, "sft") and (tmp_path / "sft" / "model").read_text() == "new"
+    assert not partial.exists() and not (tmp_path / ".sft.old").exists()
+    # an unfinished partial is left alone (not complete)
+    (tmp_path / ".rm.partial").mkdir()
+    data.finish_interrupted(tmp_path, "rm")
+    assert not data.is_complete(tmp_path, "rm")
+
+
+def test_metrics_truncate_drops_rows_after_a_checkpoint(tmp_path):
+    m = data.Metrics(tmp_path / "metrics.jsonl")
+    m.log(iteration=0)
+    size = m.size()
+    m.log(iteration=1)
+    m.truncate(size)
+    m.log(iteration=1, again=True)
+    m.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"iteration": 0}, {"iteration": 1, "again": True}]
+    silent = data.Metrics(None)  # other ranks
+    silent.log(x=1)
+    assert silent.size() == 0
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+def test_checkpoints_keep_the_newest_and_ignore_unfinished(tmp_path):
+    import torch
+    import checkpoint
+    for it in (2, 4, 6):
+        checkpoint.save(tmp_path, it, {"w": torch.full((3,), float(it))}, {"g": torch.tensor([it])}, keep=2)
+    assert [p.name for p in checkpoint.complete(tmp_path)] == ["iter_000004", "iter_000006"]
+    (tmp_path / "iter_000008").mkdir()  # a folder without COMPLETE (cannot happen via save; still ignored)
+    (tmp_path / ".iter_000010.tmp").mkdir()  # a write that was killed
+    shared, own = checkpoint.load(checkpoint.latest(tmp_path), "cpu")
+    assert shared["w"].tolist() == [6.0] * 3 and own["g"].tolist() == [6] and shared["world_size"] == 1
+    checkpoint.save(tmp_path, 12, {"w": torch.zeros(1)}, {}, keep=2)
+    assert not (tmp_path / ".iter_000010.tmp").exists()  # stale temporary folders are cleaned up
+
+
+def test_checkpoint_from_another_world_size_is_a_clear_error(tmp_path):
+    import torch
+    import checkpoint
+    path = checkpoint.save(tmp_path, 2, {"w": torch.zeros(1)}, {}, keep=1)
+    state = torch.load(path / "state.pt")
+    torch.save({**state, "world_size": 2}, path / "state.pt")
+    with pytest.raises(SystemExit, match="written by 2 process"):
+        checkpoint.load(path, "cpu")

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--n-sft", "200", "--n-pref", "64", "--n-unlabeled", "64", "--n-eval", "32", "--sft-steps", "30",
-        "--ppo-iterations", "2", "--rollout-batch", "32", "--step-batch", "16", "--rlp-n", "4", "--best-of-n", "4",
+        "--ppo-iterations", "6", "--rollout-batch", "32", "--step-batch", "16", "--rlp-n", "4", "--best-of-n", "4",
         "--model-hidden", "32", "--model-layers", "2", "--model-heads", "2", "--rm-epochs", "1", "--quiet"]
 
 
@@ -34,13 +34,21 @@ STAGE_DIRS = ["data", "sft", "prefs", "reward", "ppo", "rlp_samples", "rlp_rewar
               "rlp_ppo_uml", "rlp_ppo_spg", "eval"]
 
 
-def test_every_stage_complete(run_dir):
+def check_complete(run_dir):
     for name in STAGE_DIRS:
         assert (run_dir / name / "DONE").is_file(), name
-    assert not list(run_dir.glob(".*.partial"))
+        assert not (run_dir / name / "checkpoints").exists(), name  # removed once the stage is complete
+    assert not list(run_dir.glob(".*.partial")) and not list(run_dir.glob(".*.old"))
     for name in STAGE_DIRS[1:]:
         rows = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
         assert rows and "stage_seconds" in rows[-1], name
+    for name in ["ppo", "rlp_ppo_uml", "rlp_ppo_spg"]:  # one log row per iteration, in order, none twice
+        rows = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iteration"] for r in rows if "iteration" in r] == list(range(6)), name
+
+
+def test_every_stage_complete(run_dir):
+    check_complete(run_dir)
 
 
 def test_checkpoints_follow_hf_conventions(run_dir):
@@ -142,3 +150,135 @@ def test_help_documents_every_setting():
 def test_missing_earlier_stage_is_a_clear_error(tmp_path):
     proc = train(tmp_path, "--stage", "reward", check=False)
     assert proc.returncode != 0 and "--stage sft" in proc.stderr
+
+
+def test_settings_are_saved_and_a_mismatch_is_an_error(tmp_path):
+    train(tmp_path, "--stage", "data")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["flip_rate"] == 0.25 and "out" not in saved and "stage" not in saved
+    proc = train(tmp_path, "--stage", "data", "--flip-rate", "0.1", check=False)
+    assert proc.returncode != 0 and "--flip-rate: 0.25 in the run, 0.1 now" in proc.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["flip_rate"] == 0.25  # untouched
+    train(tmp_path, "--stage", "data", "--micro-batch", "8", "--checkpoint-every", "3")  # these change nothing
+    train(tmp_path, "--stage", "data", "--flip-rate", "0.1", "--force")
+    assert json.loads((tmp_path / "config.json").read_text())["flip_rate"] == 0.1
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+def torchrun(out, nproc, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "train.py"), "--out", str(out), *TINY, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_two_processes_run_every_stage(run_dir, tmp_path):
+    from safetensors.torch import load_file
+    proc = torchrun(tmp_path, 2)
+    check_complete(tmp_path)
+    assert proc.stdout.count("[sft] done") == 1  # only rank 0 logs
+    assert "processes=2" in proc.stdout
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert list(results["policies"]) == ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"]
+    assert results["n_eval"] == 32 and len((tmp_path / "eval" / "outputs.jsonl").read_text().splitlines()) == 32
+    import data
+    assert len(data.read_records(tmp_path / "rlp_samples" / "P.jsonl", data.SAMPLES)) == 64  # gathered, once
+    # the same data and the same SFT training as one process (global batches do not depend on N)
+    assert (tmp_path / "data" / "sft.jsonl").read_text() == (run_dir / "data" / "sft.jsonl").read_text()
+    one, two = load_file(run_dir / "sft" / "model.safetensors"), load_file(tmp_path / "sft" / "model.safetensors")
+    for k in one:
+        assert (one[k] - two[k]).abs().max().item() < 1e-5, k
+
+
+def test_global_batch_must_divide_by_processes(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), "--out", str(tmp_path), *TINY, "--rm-batch", "31"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode != 0
+    assert "--rm-batch = 31 is global" in proc.stderr and "number of processes (2)" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- crash and resume
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import checkpoint, ppo, train
+mode, n = sys.argv[1], int(sys.argv[2])
+calls = [0]
+if mode == "update":  # SIGKILL in the middle of PPO iteration n (after its rollout)
+    real = ppo.update
+    def update(*a, **k):
+        calls[0] += 1
+        if calls[0] > n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+    ppo.update = update
+else:  # SIGKILL while writing checkpoint n, after its first file is on disk
+    real = checkpoint._save
+    def save(obj, path):
+        real(obj, path)
+        calls[0] += 1
+        if calls[0] == 2 * n - 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint._save = save
+train.main(sys.argv[3:])
+"""
+
+
+def killed_run(tmp_path, run_dir, mode, n):
+    """Copy the finished stages before PPO from the module's run, then run `--stage ppo` with a
+    checkpoint every 2 iterations and SIGKILL it as `mode` says."""
+    import shutil
+    for name in ["data", "sft", "prefs", "reward"]:
+        shutil.copytree(run_dir / name, tmp_path / name)
+    shutil.copy(run_dir / "config.json", tmp_path / "config.json")
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(root=str(ROOT)))
+    args = ["--out", str(tmp_path), *TINY, "--stage", "ppo", "--checkpoint-every", "2"]
+    proc = subprocess.run([sys.executable, str(script), mode, str(n), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # it really was killed
+    assert not (tmp_path / "ppo").exists()  # a killed stage never looks finished
+    return args
+
+
+def resume_and_compare(tmp_path, run_dir, args):
+    from safetensors.torch import load_file
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args[2:], "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ppo" / "DONE").is_file() and not (tmp_path / "ppo" / "checkpoints").exists()
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "iteration" in r] == list(range(6))  # no row lost or repeated
+    for part in ["policy", "value"]:  # the same weights as the uninterrupted run
+        want, got = load_file(run_dir / "ppo" / part / "model.safetensors"), load_file(
+            tmp_path / "ppo" / part / "model.safetensors")
+        for k in want:
+            assert torch_close(want[k], got[k]), (part, k)
+    return proc
+
+
+def torch_close(a, b):
+    return (a - b).abs().max().item() < 1e-5
+
+
+def test_killed_during_ppo_resumes_from_the_last_checkpoint(run_dir, tmp_path):
+    import checkpoint
+    args = killed_run(tmp_path, run_dir, "update", 3)  # killed in iteration 3: checkpoint 2 is the latest
+    assert checkpoint.latest(tmp_path / ".ppo.partial" / "checkpoints").name == "iter_000002"
+    proc = resume_and_compare(tmp_path, run_dir, args)
+    assert "resuming ppo" in proc.stdout and "iteration 2 of 6" in proc.stdout
+
+
+def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(run_dir, tmp_path):
+    import checkpoint
+    args = killed_run(tmp_path, run_dir, "save", 2)  # killed while writing the second checkpoint (iteration 4)
+    ckpts = tmp_path / ".ppo.partial" / "checkpoints"
+    assert (ckpts / ".iter_000004.tmp").is_dir() and not (ckpts / "iter_000004").exists()
+    assert checkpoint.latest(ckpts).name == "iter_000002"
+    proc = resume_and_compare(tmp_path, run_dir, args)
+    assert "iteration 2 of 6" in proc.stdout

@@ -1,0 +1,105 @@
+"""Data parallelism on CPU with gloo: one SFT step and one RM step give the same gradient with 1
+and 2 processes (and with gradient accumulation), and a 2-process PPO iteration leaves both
+ranks with identical weights. tests/dist_worker.py does the work; here we launch it."""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dist
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = str(ROOT / "tests" / "dist_worker.py")
+
+
+def launch(out: Path, nproc: int, micro: int = 0) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    if nproc == 1:
+        cmd = [sys.executable, WORKER, str(out), str(micro)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", WORKER,
+               str(out), str(micro)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dist")
+    return {"1": launch(base / "one", 1), "1 micro": launch(base / "one_micro", 1, micro=2),
+            "2": launch(base / "two", 2), "2 micro": launch(base / "two_micro", 2, micro=2)}
+
+
+@pytest.mark.parametrize("name", ["sft_grad.pt", "rm_grad.pt"])
+@pytest.mark.parametrize("variant", ["1 micro", "2", "2 micro"])
+def test_gradient_equals_one_process_gradient(runs, name, variant):
+    want = torch.load(runs["1"] / name)
+    got = torch.load(runs[variant] / name)
+    assert want["grad"].abs().max() > 1e-4  # a real gradient, not zeros
+    torch.testing.assert_close(got["grad"], want["grad"], atol=1e-6, rtol=1e-4)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["2", "2 micro"])
+def test_ranks_hold_identical_weights_after_ppo(runs, variant):
+    every = torch.load(runs[variant] / "ppo_params.pt")
+    assert len(every) == 2
+    assert torch.equal(every[0], every[1])
+    start = torch.load(runs["1"] / "ppo_params.pt")[0]
+    assert not torch.equal(every[0], start)  # it trained (and sampled differently from one process)
+
+
+# ----------------------------------------------------------------------------- helpers, one process
+
+def test_shard_and_unshard_are_inverse():
+    items = list(range(11))
+    for world in (1, 2, 3, 4, 16):
+        parts = [items[r::world] for r in range(world)]
+        assert sorted(sum(parts, [])) == items  # disjoint and complete
+        assert dist.unshard(parts) == items
+
+
+def test_global_batches_cover_the_data_once_per_epoch():
+    b = dist.Batches(10, 4, seed=0)
+    seen = b.next() + b.next()  # 8 of the first permutation
+    rest = b.next()  # the last 2 of it, then 2 of a fresh one
+    assert len(set(seen + rest[:2])) == 10
+    state = b.state_dict()
+    ahead = [b.next() for _ in range(3)]
+    b.load_state_dict(state)
+    assert [b.next() for _ in range(3)] == ahead
+
+
+def test_batches_match_a_plain_loop():
+    n, bs, seed = 7, 3, 5
+    rng, order, want = random.Random(seed), [], []
+    for _ in range(6):
+        if len(order) < bs:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order += fresh
+        want.append(order[:bs])
+        order = order[bs:]
+    b = dist.Batches(n, bs, seed)
+    assert [b.next() for _ in range(6)] == want
+
+
+def test_batch_size_errors_are_clear():
+    assert dist.per_rank(64, "--x") == 64 and dist.micro_size(64, 0, "--x") == 64
+    assert dist.micro_size(64, 16, "--x") == 16 and dist.micro_size(8, 16, "--x") == 8
+    with pytest.raises(SystemExit, match="--micro-batch 5"):
+        dist.micro_size(64, 5, "--sft-batch")
+    assert dist.chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+
+
+def test_single_process_collectives_are_identities():
+    assert dist.world() == 1 and dist.rank() == 0 and dist.is_main()
+    assert dist.all_sum([1.5, 2.0]).tolist() == [1.5, 2.0]
+    assert dist.gather([3, 1, 2]) == [3, 1, 2]
+    assert dist.rank_seed(7) == 7
