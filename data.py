@@ -135,6 +135,34 @@ def finish_interrupted(out_dir, stage: str) -> None:
 
 
 @contextmanager
+def run_lock(out_dir):
+    """One run at a time in a run folder: an exclusive lock on DIR/.lock, which the OS releases
+    however the process ends (SIGKILL included). Two runs writing the same stages would mix
+    their outputs. (No lock on systems without fcntl, e.g. Windows.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    f = open(Path(out_dir) / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown pid"
+        f.close()
+        raise SystemExit(f"error: another run is using {out_dir} ({holder}); wait for it to finish or stop it") \
+            from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.close()
+
+
+@contextmanager
 def stage_output(out_dir, stage: str, resume: bool = False, main: bool = True):
     """Build a stage's outputs in a hidden `.STAGE.partial` folder and move it into place
     only when everything, including the DONE marker, is written. A stage that fails or is

@@ -20,6 +20,7 @@ resumes from the last complete stage, or from the last PPO checkpoint):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import random
@@ -544,13 +545,22 @@ def run_stages(cfg: Config, device) -> None:
     import dist
     out = Path(cfg.out)
     check_world(cfg)
-    settings = check_settings(cfg, out)  # every rank checks; rank 0 then writes
     run = Run(cfg, device)
-    if run.main:
+    lock = contextlib.nullcontext()
+    if run.main:  # rank 0 owns the run folder: it locks it, checks and saves the settings
         out.mkdir(parents=True, exist_ok=True)
-        data.write_json(out / "config.json", settings)
-    dist.barrier()
-    run.log(f"RLP run in {out}  device={device}  processes={dist.world()}  stage={cfg.stage}")
+        lock = data.run_lock(out)
+    with lock:
+        if run.main:
+            data.write_json(out / "config.json", check_settings(cfg, out))
+        dist.barrier()
+        run_plan(cfg, run, out)
+
+
+def run_plan(cfg: Config, run: Run, out: Path) -> None:
+    import data
+    import dist
+    run.log(f"RLP run in {out}  device={run.device}  processes={dist.world()}  stage={cfg.stage}")
     auto_data = cfg.stage not in ("all", "data")  # the built-in splits are cheap and deterministic: on demand
     todo = ([("data", lambda run, dest, metrics: stage_data(run, dest))] if auto_data else []) + plan(cfg)
     t_all = time.time()

@@ -282,3 +282,16 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(run_dir, tmp_p
     assert checkpoint.latest(ckpts).name == "iter_000002"
     proc = resume_and_compare(tmp_path, run_dir, args)
     assert "iteration 2 of 6" in proc.stdout
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tmp_path):
+    import fcntl
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / ".lock", "a+") as f:  # as a running train.py holds it
+        f.write("pid 12345\n")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = train(tmp_path, "--stage", "data", check=False)
+    assert proc.returncode != 0 and "another run is using" in proc.stderr and "pid 12345" in proc.stderr
+    assert not (tmp_path / "data").exists()
+    train(tmp_path, "--stage", "data")  # the lock is gone with its holder
