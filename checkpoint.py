@@ -1,9 +1,9 @@
 """Resumable checkpoints for the long loops (PPO, Steps 3 and 5), safe against SIGKILL at any moment.
 
-    DIR/iter_000020/state.pt      what every rank shares: weights, optimizer, schedule, KL controller,
-                                  the data order, the iteration, the size of metrics.jsonl
-    DIR/iter_000020/rank0.pt ...  what each rank owns: its sampling generator and torch RNG states
-    DIR/iter_000020/COMPLETE      written last
+    DIR/iter_000020/state.pt   weights, optimizer, schedule, KL controller, the data order, the
+                               iteration, the size of metrics.jsonl (all the same on every rank), and
+                               each rank's own RNG states (gathered: only rank 0 writes)
+    DIR/iter_000020/COMPLETE   written last
 
 A checkpoint is built in a hidden `.iter_000020.tmp` folder and renamed into place only after
 every file (and the COMPLETE marker) is on disk, so a process killed while writing one leaves
@@ -32,19 +32,16 @@ def _save(obj, path: Path) -> None:
 
 
 def save(directory, iteration: int, shared: dict, own: dict, keep: int = 2) -> Path:
-    """Write checkpoint `iteration` (every rank calls this: rank 0 writes `shared`, each rank
-    its `own` file) and delete all but the newest `keep`."""
+    """Write checkpoint `iteration` and delete all but the newest `keep`. Every rank calls this:
+    `own` (this rank's RNG states) is gathered, and rank 0 writes everything."""
     directory = Path(directory)
     final = directory / f"iter_{iteration:06d}"
     tmp = directory / f".iter_{iteration:06d}.tmp"
+    ranks = dist.gather_all(own)  # a collective: before any rank-0-only work
     if dist.is_main():
         data.remove(tmp)
         tmp.mkdir(parents=True)
-    dist.barrier()
-    _save({**own, "world_size": dist.world()}, tmp / f"rank{dist.rank()}.pt")
-    dist.barrier()
-    if dist.is_main():
-        _save({**shared, "world_size": dist.world()}, tmp / "state.pt")
+        _save({**shared, "ranks": ranks, "world_size": dist.world()}, tmp / "state.pt")
         (tmp / COMPLETE).write_text(f"iteration {iteration}\n")
         data.remove(final)
         os.replace(tmp, final)
@@ -68,13 +65,14 @@ def latest(directory) -> Path | None:
     return found[-1] if found else None
 
 
-def load(path, device) -> tuple[dict, dict]:
-    """(shared, own) of a checkpoint written by as many processes as are running now."""
+def load(path) -> tuple[dict, dict]:
+    """(shared, this rank's own) of a checkpoint written by as many processes as are running now.
+    Loaded on the CPU: load_state_dict copies into the models, and the optimizer moves its state
+    to its parameters' device, so no second copy of the weights stays on the GPU."""
     path = Path(path)
-    shared = torch.load(path / "state.pt", map_location=device, weights_only=True)
+    shared = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     if shared["world_size"] != dist.world():
         raise SystemExit(f"error: the checkpoint {path} was written by {shared['world_size']} process(es); "
-                         f"resume it with as many (torchrun --nproc_per_node={shared['world_size']}), or pass "
-                         f"--force to restart the stage")
-    own = torch.load(path / f"rank{dist.rank()}.pt", map_location="cpu", weights_only=True)
-    return shared, own
+                         f"resume it with as many (torchrun --nproc_per_node={shared['world_size']}), or "
+                         f"restart that stage alone with --stage STAGE --force")
+    return shared, shared.pop("ranks")[dist.rank()]

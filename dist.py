@@ -24,6 +24,7 @@ How the stages use it (STYLE.md 13, 17):
 """
 from __future__ import annotations
 
+import datetime
 import os
 import random
 
@@ -44,10 +45,13 @@ def init() -> torch.device:
     else:
         device = torch.device("cpu")
     if launched_by_torchrun() and not td.is_initialized():
+        # rank 0 alone writes checkpoints and models while the others wait at a barrier: allow
+        # it an hour (the default, 10 minutes for NCCL, is short for a large model's optimizer state)
+        timeout = datetime.timedelta(minutes=60)
         if device.type == "cuda":
-            td.init_process_group(backend="nccl", device_id=device)
+            td.init_process_group(backend="nccl", device_id=device, timeout=timeout)
         else:
-            td.init_process_group(backend="gloo")
+            td.init_process_group(backend="gloo", timeout=timeout)
         if device.type == "cpu":  # N processes on one CPU: share the cores instead of oversubscribing them
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world()))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
@@ -111,6 +115,9 @@ class Batches:
     batch_size remain (the leftover goes first). Each rank then works on `shard(batch)`."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
+        if n <= 0:
+            raise SystemExit("error: a training set is empty (no examples to draw batches from); check the "
+                             "data sizes (--n-*, --rm-val-fraction)")
         self.n, self.batch_size, self.rng, self.order = n, batch_size, random.Random(seed), []
 
     def next(self) -> list[int]:
@@ -149,6 +156,15 @@ def gather(local: list) -> list:
     parts: list = [None] * world()
     td.all_gather_object(parts, list(local))
     return unshard(parts)
+
+
+def gather_all(obj) -> list:
+    """[rank 0's obj, rank 1's obj, ...] on every rank."""
+    if world() == 1:
+        return [obj]
+    parts: list = [None] * world()
+    td.all_gather_object(parts, obj)
+    return parts
 
 
 def broadcast_object(obj):

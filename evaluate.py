@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+import dist
 import models
 import reward
 import task
@@ -86,6 +87,7 @@ def evaluate(out_dir: Path, records, cfg, device, show: bool = True) -> tuple[di
     rms = {"Step-2 RM": out_dir / "reward", "RLP-UML RM": out_dir / "rlp_reward_uml",
            "RLP-SPG RM": out_dir / "rlp_reward_spg"}
     rms = {k: v for k, v in rms.items() if (v / "config.json").is_file()}
+    policies, rms = dist.broadcast_object((policies, rms))  # rank 0's view of the folder, on every rank
 
     outputs: dict[str, list[str]] = {}
     pair_samples: dict[str, list[list[str]]] = {}

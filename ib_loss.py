@@ -7,7 +7,10 @@
   L_M       = E_P[ -I(z_1; z_2) + D_SKL(p(z|v_1) || p(z|v_2)) ]
   I(z_1; z_2) estimated with the Jensen-Shannon bound of Hjelm et al. 2018:
               E_pos[-softplus(-T)] - E_neg[softplus(T)], T = critic MLP on [z_a, z_b],
-              positives = (z_1_i, z_2_i), negatives = (z_1_i, z_2_{i-1}) (z_2 rolled by one, as Federici).
+              positives = (z_1_i, z_2_i), negatives = (z_1_i, z_2_j): j = the other row of i's pair
+              (0,1), (2,3), ... (`partner_rows`). Federici et al. roll z_2 by one row instead; pairs
+              give each row one negative just the same, and keep every negative inside any even-sized
+              contiguous shard, so L_M is the same whatever the number of processes.
 Gradients of L_M flow into the RM backbone through h(v): that is how the unlabelled
 policy samples shape the reward model's representation.
 """
@@ -31,6 +34,15 @@ def symmetric_kl(mu1: torch.Tensor, std1: torch.Tensor, mu2: torch.Tensor, std2:
 def jsd_mutual_information(critic_pos: torch.Tensor, critic_neg: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon MI estimate (Hjelm et al. 2018): mean(-softplus(-T_pos)) - mean(softplus(T_neg))."""
     return (-F.softplus(-critic_pos)).mean() - F.softplus(critic_neg).mean()
+
+
+def partner_rows(n: int) -> torch.Tensor:
+    """Index of each row's negative: 1, 0, 3, 2, ...; with n odd the last row takes row n - 2."""
+    if n < 2:
+        raise ValueError("the MI estimator needs at least 2 rows (one negative per row)")
+    idx = torch.arange(n) ^ 1
+    idx[idx >= n] = n - 2
+    return idx
 
 
 def beta_schedule(step: int, total: int, start: float = 1e-3, end: float = 1.0) -> float:
@@ -67,17 +79,21 @@ class MIBHeads(nn.Module):
     def critic_score(self, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
         return self.critic(torch.cat([za, zb], -1)).squeeze(-1)
 
-    def forward(self, h1: torch.Tensor, h2: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, dict]:
+    def forward(self, h1: torch.Tensor, h2: torch.Tensor, beta: float = 1.0,
+                noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
         """L_M = -I(z_1; z_2) + beta * D_SKL for a batch of view pairs (row i of h1 and h2 share an
         instruction). The paper's L_M has beta = 1; `beta_schedule` warms it up, as Federici et al.
         do, because at full weight from the first step the encoder collapses (SKL -> 0 with z pure
-        noise, I = 0) before the critic learns anything (tests/test_reward_ib.py shows it)."""
+        noise, I = 0) before the critic learns anything (tests/test_reward_ib.py shows it).
+        `noise`: the standard-normal draws of the reparameterisation (default: fresh ones)."""
         h1, h2 = h1.float(), h2.float()
         mu1, std1 = self.encode(h1)
         mu2, std2 = self.encode(h2)
-        z1 = mu1 + std1 * torch.randn_like(std1)  # reparameterisation trick
-        z2 = mu2 + std2 * torch.randn_like(std2)
-        mi = jsd_mutual_information(self.critic_score(z1, z2), self.critic_score(z1, z2.roll(1, 0)))
+        eps1, eps2 = noise if noise is not None else (torch.randn_like(std1), torch.randn_like(std2))
+        z1 = mu1 + std1 * eps1  # reparameterisation trick
+        z2 = mu2 + std2 * eps2
+        negatives = z2[partner_rows(len(z2)).to(z2.device)]
+        mi = jsd_mutual_information(self.critic_score(z1, z2), self.critic_score(z1, negatives))
         skl = symmetric_kl(mu1, std1, mu2, std2).mean()
         loss = -mi + beta * skl
         return loss, {"mib_loss": loss.item(), "mi_jsd": mi.item(), "skl": skl.item(), "mib_beta": beta}

@@ -268,31 +268,37 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
     # linear decay to 0 over the run, stepped once per rollout (AlpacaFarm decays too)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - it / max(1, cfg.iterations))
     kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    batches = dist.Batches(len(prompts), cfg.rollout_batch, cfg.seed)  # its rng also shuffles the minibatches
-    generator = models.make_generator(device, cfg.seed)
+    batches = dist.Batches(len(prompts), cfg.rollout_batch, cfg.seed)  # the same on every rank
+    shuffle_rng = random.Random(cfg.seed + 1)  # minibatch order: its own stream, so prompt order ignores N
+    generator = models.make_generator(device, cfg.seed)  # sampling: a different seed on each rank
 
     def save_checkpoint(next_iteration: int) -> None:
         shared = {"iteration": next_iteration, "policy": policy.state_dict(), "value": value.state_dict(),
                   "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "kl_coef": kl.value,
-                  "batches": batches.state_dict(), "metrics_bytes": metrics.size() if metrics is not None else 0}
+                  "batches": batches.state_dict(), "shuffle_rng": shuffle_rng.getstate(),
+                  "metrics_bytes": metrics.size() if metrics is not None else 0}
         own = {"generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
         checkpoint.save(checkpoint_dir, next_iteration, shared, own, cfg.checkpoint_keep)
 
     start = 0
-    found = checkpoint.latest(checkpoint_dir) if checkpoint_dir is not None else None
+    found = None
+    if checkpoint_dir is not None:  # rank 0 decides, so that every rank resumes from the same one
+        found = dist.broadcast_object(checkpoint.latest(checkpoint_dir) if dist.is_main() else None)
     if found is not None:
-        shared, own = checkpoint.load(found, device)
+        shared, own = checkpoint.load(found)
         policy.load_state_dict(shared["policy"])
         value.load_state_dict(shared["value"])
         optimizer.load_state_dict(shared["optimizer"])
         sched.load_state_dict(shared["scheduler"])
         kl.value = shared["kl_coef"]
         batches.load_state_dict(shared["batches"])
+        shuffle_rng.setstate(shared["shuffle_rng"])
         generator.set_state(own["generator"])
         torch.set_rng_state(own["torch_rng"])
         start = shared["iteration"]
         if metrics is not None:
             metrics.truncate(shared["metrics_bytes"])  # rows logged after the checkpoint are redone
+        del shared, own  # no second copy of the weights kept
         if dist.is_main():  # also with --quiet: a resumed run says so
             print(f"  resuming {desc} from {found} (iteration {start} of {cfg.iterations})", flush=True)
     elif metrics is not None and checkpoint_dir is not None:
@@ -305,7 +311,7 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
         local = dist.shard(idx)  # this rank's prompts of the global rollout batch
         batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in local], cfg, kl.value, generator)
         lr = optimizer.param_groups[0]["lr"]
-        row = update(policy, value, optimizer, batch, cfg, batches.rng)
+        row = update(policy, value, optimizer, batch, cfg, shuffle_rng)
         sched.step()
         mask = batch["mask"]
         texts = models.decode_responses(tokenizer, batch["r_ids"], mask)

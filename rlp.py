@@ -33,30 +33,38 @@ def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: li
                 batch_size: int, max_response_len: int, seed: int, total_steps: int, beta: float = 1.0):
     """Eq. 1's lambda * L_M on a fresh batch of P at every call: for each instruction, two
     distinct policy samples are the two views v_1 = (x, y_1), v_2 = (x, y_2). The SKL weight
-    warms up from 1e-3 to `beta` (ib_loss.beta_schedule). batch_size instructions are drawn
-    with the same generator on every rank; each rank computes L_M on its shard of them, weighted
-    by its share (the JSD estimator's negatives then come from the rank's own shard: one
-    negative per row either way, so the estimate's expectation does not change)."""
+    warms up from 1e-3 to `beta` (ib_loss.beta_schedule). The instructions of a step are drawn
+    with the same generator on every rank; each rank computes L_M on a contiguous, even-sized
+    block of them (the estimator's negatives are pairs of rows, ib_loss.partner_rows, so no pair
+    straddles two ranks), weighted by its share: the same L_M for any number of processes."""
     rng = random.Random(seed + 1)  # not the stream that shuffles the pairs
     device = next(rm.parameters()).device
     pad = tokenizer.pad_token_id
-    if dist.per_rank(min(batch_size, len(samples)), "--uml-batch") < 2:
-        raise SystemExit("error: RLP-UML needs at least 2 instructions of P per process and step (the MI "
-                         "estimator's negatives are other rows): raise --uml-batch")
+    block = 2 * dist.world()  # every rank gets whole pairs of rows
+    rows_per_step = min(batch_size, len(samples)) // block * block
+    if rows_per_step < block:
+        raise SystemExit(f"error: RLP-UML needs at least 2 instructions of P per process and step; --uml-batch "
+                         f"is {batch_size}, |P| is {len(samples)}, processes: {dist.world()}")
+    per_rank = rows_per_step // dist.world()
+    mine = slice(dist.rank() * per_rank, (dist.rank() + 1) * per_rank)
 
     def extra_loss(step: int):
         views = []
-        for i in rng.sample(range(len(samples)), min(batch_size, len(samples))):
+        for i in rng.sample(range(len(samples)), rows_per_step):
             a, b = rng.sample(range(len(samples[i]["outputs"])), 2)
             views.append((i, samples[i]["outputs"][a], samples[i]["outputs"][b]))
-        local = dist.shard(views)
+        local = views[mine]
         rows = [i for i, _, _ in local]
         y1, y2 = [v[1] for v in local], [v[2] for v in local]
         p_ids, p_mask = models.left_pad([prompts[i] for i in rows] * 2, pad, device)
         r_ids, r_mask = models.right_pad(models.encode_responses(tokenizer, y1 + y2, max_response_len), pad, device)
         with models.autocast(device):
             h = models.last_token_hidden(rm, p_ids, p_mask, r_ids, r_mask)  # both views in one forward
-        loss, stats = heads(h[:len(rows)], h[len(rows):], beta=beta_schedule(step, total_steps, end=beta))
+        # the reparameterisation noise of every row, drawn as one process would (the same global RNG
+        # state on every rank), of which this rank takes its rows: the same L_M for any number of ranks
+        eps = [torch.randn(len(views), heads.latent, device=device)[mine] for _ in range(2)]
+        loss, stats = heads(h[:len(rows)], h[len(rows):], beta=beta_schedule(step, total_steps, end=beta),
+                            noise=(eps[0], eps[1]))
         share = len(rows) / len(views)
         keys = [k for k in stats if k != "mib_beta"]
         totals = dist.all_sum([stats[k] * share for k in keys]).tolist()  # logged values: global means

@@ -2,8 +2,9 @@
 
     python train.py                          # every stage, built-in task, runs/default
     python train.py --stage ppo --force      # redo one stage
-    torchrun --nproc_per_node=4 train.py     # data parallel over 4 processes (GPUs, or CPU with gloo)
-    torchrun --nnodes=2 --node_rank=0 --rdzv-endpoint=HOST:29500 --nproc_per_node=8 train.py   # 2 nodes
+    torchrun --standalone --nproc_per_node=2 train.py   # data parallel: 2 processes (GPUs, or CPU with gloo)
+    torchrun --nnodes=2 --nproc_per_node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 --rdzv-id=rlp1 train.py
+                                             # the same on each of 2 machines (README: data parallelism)
 
 Stages (each writes DIR/<stage>/ with a DONE marker once all its outputs are on disk;
 `all` skips a stage whose output is complete, `--force` redoes it; re-running a killed command
@@ -126,6 +127,8 @@ class Config:
         if self.rollout_batch % self.step_batch:
             raise SystemExit(f"error: --rollout-batch {self.rollout_batch} must be a multiple of --step-batch "
                              f"{self.step_batch}")
+        if self.checkpoint_keep < 1:
+            raise SystemExit("error: --checkpoint-keep must be >= 1")
         if self.rlp_n < 2:
             raise SystemExit("error: --rlp-n must be >= 2 (UML needs two views, SPG needs clusters)")
 
@@ -503,6 +506,11 @@ CHECKPOINTS = "checkpoints"  # PPO's resumable checkpoints, inside the stage's .
 PPO_STAGES = {"ppo", "rlp_ppo_uml", "rlp_ppo_spg"}
 
 
+def all_stage_dirs() -> list[str]:
+    """Every stage folder, in pipeline order."""
+    return [name for name, _ in plan(Config(stage="all"))]
+
+
 def check_settings(cfg: Config, out: Path) -> dict:
     """The settings are saved with the run (config.json). A run folder made with other settings
     is not silently mixed with new ones: a difference is an error unless --force."""
@@ -524,10 +532,16 @@ def check_settings(cfg: Config, out: Path) -> dict:
 
 
 def check_world(cfg: Config) -> None:
-    """Global batch sizes must split evenly over the processes (a clear error up front)."""
+    """Global batch sizes must split evenly over the processes, and each process's share over
+    --micro-batch: a clear error up front, not hours into a run."""
     import dist
+    uml = cfg.stage in ("all", "rlp_reward") and cfg.method != "spg"
     for key, flag in GLOBAL_BATCHES.items():
-        dist.per_rank(getattr(cfg, key), flag)
+        if key == "uml_batch" and not uml:
+            continue
+        share = dist.per_rank(getattr(cfg, key), flag)
+        if key != "uml_batch":  # the UML term is one forward per step (rlp.uml_loss_fn)
+            dist.micro_size(share, cfg.micro_batch, flag)
 
 
 def main(argv=None) -> None:
@@ -563,10 +577,13 @@ def run_plan(cfg: Config, run: Run, out: Path) -> None:
     run.log(f"RLP run in {out}  device={run.device}  processes={dist.world()}  stage={cfg.stage}")
     auto_data = cfg.stage not in ("all", "data")  # the built-in splits are cheap and deterministic: on demand
     todo = ([("data", lambda run, dest, metrics: stage_data(run, dest))] if auto_data else []) + plan(cfg)
+    if run.main:
+        for name in all_stage_dirs():
+            data.finish_interrupted(out, name)  # a kill between the two renames that complete a stage
+            if data.is_complete(out, name):
+                data.remove(out / name / CHECKPOINTS)  # a kill before a complete stage's checkpoints went
     t_all = time.time()
     for name, fn in todo:
-        if run.main:
-            data.finish_interrupted(out, name)
         done = dist.broadcast_object(data.is_complete(out, name))  # every rank takes rank 0's decision
         redo = cfg.force and not (auto_data and name == "data")
         if done and not redo:
@@ -587,6 +604,9 @@ def run_plan(cfg: Config, run: Run, out: Path) -> None:
             dist.barrier()  # every rank is done with the stage before rank 0 moves it into place
         if run.main:
             data.remove(out / name / CHECKPOINTS)  # the stage is complete: its checkpoints are not needed
+            order = all_stage_dirs()
+            for later in order[order.index(name) + 1:]:
+                data.remove(out / f".{later}.partial")  # a killed later stage built on the old output
             with open(out / "timings.jsonl", "a") as f:
                 f.write(json.dumps({"stage": name, "seconds": round(time.time() - t0, 1),
                                     "processes": dist.world()}) + "\n")

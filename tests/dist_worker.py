@@ -3,7 +3,8 @@ several (`torchrun --nproc_per_node=2 tests/dist_worker.py OUT`). Rank 0 saves, 
 
   sft_grad.pt, rm_grad.pt   the gradient of one SFT step and one RM step on a fixed global batch
                             (sft.accumulate_gradients / reward.accumulate_gradients + the all-reduce)
-  ppo_params.pt             every rank's flattened weights after one PPO iteration
+  uml_grad.pt               the gradient of one RLP-UML step (Bradley-Terry + lambda * L_M), RM and heads
+  ppo_start.pt, ppo_params.pt   the weights before, and every rank's weights after, one PPO iteration
 """
 import sys
 from pathlib import Path
@@ -57,6 +58,29 @@ def main(out: Path, micro: int) -> None:
     if dist.is_main():
         torch.save({"grad": flat_grad(rm), "loss": stats["bt_loss"]}, out / "rm_grad.pt")
 
+    # one RLP-UML step: the same pairs plus lambda * L_M on a fixed set P, RM and MIB heads
+    import rlp
+    from ib_loss import MIBHeads
+    torch.manual_seed(2)
+    rm = models.load_scorer(model_dir, device)
+    heads = MIBHeads(rm.config.hidden_size, 16, 8).to(device)
+    samples = [{"instruction": d["instruction"], "input": d["input"], "outputs": [d["output"], d["output"] + "1", "x"]}
+               for d in demos[:8]]
+    extra = rlp.uml_loss_fn(rm, heads, tok, samples, models.encode_prompts(tok, samples, "compact", 32), lam=0.5,
+                            batch_size=8, max_response_len=10, seed=4, total_steps=10)
+    rm.zero_grad()
+    heads.zero_grad()
+    reward.accumulate_gradients(rm, pairs, list(range(8)), tok.pad_token_id, micro or 8 // dist.world())
+    loss, _ = extra(3)
+    loss.backward()
+    both = list(rm.parameters()) + list(heads.parameters())
+    dist.sum_gradients(both)
+    if dist.is_main():
+        grad = torch.cat([p.grad.reshape(-1) for p in both])
+        torch.save({"grad": grad, "loss": dist.all_sum(loss.item()).item()}, out / "uml_grad.pt")
+    else:
+        dist.all_sum(loss.item())
+
     # one PPO iteration; then every rank's weights
     ref = models.load_policy(model_dir, device)
     value = models.load_scorer(model_dir, device, fresh_head=True)
@@ -65,6 +89,9 @@ def main(out: Path, micro: int) -> None:
                     kl_target=None, kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, gamma=1.0,
                     lam=1.0, temperature=1.0, max_response_len=8, max_grad_norm=1.0, whiten_rewards=True,
                     no_eos_penalty=None, seed=3, micro_batch=micro)
+    start = torch.cat([p.detach().reshape(-1) for p in list(policy.parameters()) + list(value.parameters())])
+    if dist.is_main():
+        torch.save(start, out / "ppo_start.pt")
     train_ppo(policy, ref, rm, value, tok, models.encode_prompts(tok, unl, "compact", 32), unl, cfg, show=False)
     mine = torch.cat([p.detach().reshape(-1) for p in list(policy.parameters()) + list(value.parameters())])
     every = [mine] if dist.world() == 1 else [torch.zeros_like(mine) for _ in range(dist.world())]

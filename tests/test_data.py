@@ -276,7 +276,7 @@ def test_checkpoints_keep_the_newest_and_ignore_unfinished(tmp_path):
     assert [p.name for p in checkpoint.complete(tmp_path)] == ["iter_000004", "iter_000006"]
     (tmp_path / "iter_000008").mkdir()  # a folder without COMPLETE (cannot happen via save; still ignored)
     (tmp_path / ".iter_000010.tmp").mkdir()  # a write that was killed
-    shared, own = checkpoint.load(checkpoint.latest(tmp_path), "cpu")
+    shared, own = checkpoint.load(checkpoint.latest(tmp_path))
     assert shared["w"].tolist() == [6.0] * 3 and own["g"].tolist() == [6] and shared["world_size"] == 1
     checkpoint.save(tmp_path, 12, {"w": torch.zeros(1)}, {}, keep=2)
     assert not (tmp_path / ".iter_000010.tmp").exists()  # stale temporary folders are cleaned up
@@ -289,4 +289,4 @@ def test_checkpoint_from_another_world_size_is_a_clear_error(tmp_path):
     state = torch.load(path / "state.pt")
     torch.save({**state, "world_size": 2}, path / "state.pt")
     with pytest.raises(SystemExit, match="written by 2 process"):
-        checkpoint.load(path, "cpu")
+        checkpoint.load(path)

@@ -36,7 +36,7 @@ def runs(tmp_path_factory):
             "2": launch(base / "two", 2), "2 micro": launch(base / "two_micro", 2, micro=2)}
 
 
-@pytest.mark.parametrize("name", ["sft_grad.pt", "rm_grad.pt"])
+@pytest.mark.parametrize("name", ["sft_grad.pt", "rm_grad.pt", "uml_grad.pt"])
 @pytest.mark.parametrize("variant", ["1 micro", "2", "2 micro"])
 def test_gradient_equals_one_process_gradient(runs, name, variant):
     want = torch.load(runs["1"] / name)
@@ -51,8 +51,8 @@ def test_ranks_hold_identical_weights_after_ppo(runs, variant):
     every = torch.load(runs[variant] / "ppo_params.pt")
     assert len(every) == 2
     assert torch.equal(every[0], every[1])
-    start = torch.load(runs["1"] / "ppo_params.pt")[0]
-    assert not torch.equal(every[0], start)  # it trained (and sampled differently from one process)
+    start = torch.load(runs[variant] / "ppo_start.pt")
+    assert not torch.equal(every[0], start)  # it trained
 
 
 # ----------------------------------------------------------------------------- helpers, one process
@@ -88,6 +88,11 @@ def test_batches_match_a_plain_loop():
         order = order[bs:]
     b = dist.Batches(n, bs, seed)
     assert [b.next() for _ in range(6)] == want
+
+
+def test_empty_data_set_is_an_error_not_a_hang():
+    with pytest.raises(SystemExit, match="empty"):
+        dist.Batches(0, 4, seed=0)
 
 
 def test_batch_size_errors_are_clear():

@@ -217,12 +217,12 @@ if mode == "update":  # SIGKILL in the middle of PPO iteration n (after its roll
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*a, **k)
     ppo.update = update
-else:  # SIGKILL while writing checkpoint n, after its first file is on disk
+else:  # SIGKILL while writing checkpoint n: its state.pt is on disk, its COMPLETE marker is not
     real = checkpoint._save
     def save(obj, path):
         real(obj, path)
         calls[0] += 1
-        if calls[0] == 2 * n - 1:
+        if calls[0] == n:
             os.kill(os.getpid(), signal.SIGKILL)
     checkpoint._save = save
 train.main(sys.argv[3:])

@@ -167,6 +167,19 @@ def test_jsd_matches_loop(seed):
     assert ib_loss.jsd_mutual_information(pos, neg).item() == pytest.approx(want, abs=1e-10)
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 10])
+def test_partner_rows_match_a_loop(n):
+    want = []
+    for i in range(n):
+        j = i + 1 if i % 2 == 0 else i - 1
+        want.append(j if j < n else n - 2)
+    got = ib_loss.partner_rows(n).tolist()
+    assert got == want
+    assert all(g != i for i, g in enumerate(got))  # never its own positive
+    for start in range(0, n - n % 2, 2):  # an even-sized block keeps its pairs inside
+        assert set(got[start:start + 2]) == {start, start + 1}
+
+
 def test_jsd_hand():
     # T = 0 everywhere (a critic that knows nothing): -log 2 - log 2 = -2 log 2
     assert ib_loss.jsd_mutual_information(torch.zeros(3), torch.zeros(5)).item() == \
@@ -185,7 +198,7 @@ def train_critic_and_estimate(dependent: bool, seed: int = 0, steps: int = 300) 
 
     def estimate(z1, z2):
         t = lambda a, b: critic(torch.cat([a, b], -1)).squeeze(-1)  # noqa: E731
-        return ib_loss.jsd_mutual_information(t(z1, z2), t(z1, z2.roll(1, 0)))  # negatives as Federici
+        return ib_loss.jsd_mutual_information(t(z1, z2), t(z1, z2[ib_loss.partner_rows(len(z2))]))
 
     def pairs(n):
         z1 = torch.randn(n, 4)
