@@ -175,9 +175,15 @@ def torchrun(out, nproc, *args):
     return proc
 
 
-def test_two_processes_run_every_stage(run_dir, tmp_path):
+@pytest.fixture(scope="module")
+def run_dir2(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run2")
+    return out, torchrun(out, 2)
+
+
+def test_two_processes_run_every_stage(run_dir, run_dir2):
     from safetensors.torch import load_file
-    proc = torchrun(tmp_path, 2)
+    tmp_path, proc = run_dir2
     check_complete(tmp_path)
     assert proc.stdout.count("[sft] done") == 1  # only rank 0 logs
     assert "processes=2" in proc.stdout
@@ -229,9 +235,14 @@ train.main(sys.argv[3:])
 """
 
 
-def killed_run(tmp_path, run_dir, mode, n):
-    """Copy the finished stages before PPO from the module's run, then run `--stage ppo` with a
-    checkpoint every 2 iterations and SIGKILL it as `mode` says."""
+def launcher(nproc):
+    return [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                f"--nproc_per_node={nproc}"]
+
+
+def killed_run(tmp_path, run_dir, mode, n, nproc=1):
+    """Copy the finished stages before PPO from a complete run, then run `--stage ppo` with a
+    checkpoint every 2 iterations and SIGKILL it (every process) as `mode` says."""
     import shutil
     for name in ["data", "sft", "prefs", "reward"]:
         shutil.copytree(run_dir / name, tmp_path / name)
@@ -239,16 +250,16 @@ def killed_run(tmp_path, run_dir, mode, n):
     script = tmp_path / "killer.py"
     script.write_text(KILLER.format(root=str(ROOT)))
     args = ["--out", str(tmp_path), *TINY, "--stage", "ppo", "--checkpoint-every", "2"]
-    proc = subprocess.run([sys.executable, str(script), mode, str(n), *args], capture_output=True, text=True,
+    proc = subprocess.run([*launcher(nproc), str(script), mode, str(n), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]  # it really was killed
+    assert proc.returncode == -9 if nproc == 1 else proc.returncode != 0, proc.stderr[-3000:]  # it was killed
     assert not (tmp_path / "ppo").exists()  # a killed stage never looks finished
     return args
 
 
-def resume_and_compare(tmp_path, run_dir, args):
+def resume_and_compare(tmp_path, run_dir, args, nproc=1):
     from safetensors.torch import load_file
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args[2:], "--out", str(tmp_path)],
+    proc = subprocess.run([*launcher(nproc), str(ROOT / "train.py"), *args[2:], "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ppo" / "DONE").is_file() and not (tmp_path / "ppo" / "checkpoints").exists()
@@ -295,3 +306,15 @@ def test_a_second_run_in_the_same_folder_is_refused(tmp_path):
     assert proc.returncode != 0 and "another run is using" in proc.stderr and "pid 12345" in proc.stderr
     assert not (tmp_path / "data").exists()
     train(tmp_path, "--stage", "data")  # the lock is gone with its holder
+
+
+def test_two_process_run_killed_during_ppo_resumes_with_two(run_dir2, tmp_path):
+    import checkpoint
+    run2, _ = run_dir2
+    args = killed_run(tmp_path, run2, "update", 3, nproc=2)
+    assert checkpoint.latest(tmp_path / ".ppo.partial" / "checkpoints").name == "iter_000002"
+    one = subprocess.run([sys.executable, str(ROOT / "train.py"), *args[2:], "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert one.returncode != 0 and "written by 2 process(es)" in one.stderr  # not silently mixed
+    proc = resume_and_compare(tmp_path, run2, args, nproc=2)  # the same weights as the uninterrupted 2-process run
+    assert "iteration 2 of 6" in proc.stdout
