@@ -104,7 +104,9 @@ def test_results(run_dir):
 
 def test_all_skips_complete_stages(run_dir):
     before = (run_dir / "sft" / "model.safetensors").stat().st_mtime_ns
+    (run_dir / "ppo" / "checkpoints" / "iter_000002").mkdir(parents=True)  # as a kill just after the rename leaves
     proc = train(run_dir)
+    assert not (run_dir / "ppo" / "checkpoints").exists()
     assert proc.stdout.count("complete, skipped") == len(STAGE_DIRS)
     assert (run_dir / "sft" / "model.safetensors").stat().st_mtime_ns == before
 
