@@ -68,19 +68,20 @@ def uml_loss_fn(rm, heads: MIBHeads, tokenizer, samples: list[dict], prompts: li
         share = len(rows) / len(views)
         keys = [k for k in stats if k != "mib_beta"]
         totals = dist.all_sum([stats[k] * share for k in keys]).tolist()  # logged values: global means
-        return lam * loss * share, {**dict(zip(keys, totals)), "mib_beta": stats["mib_beta"]}
+        return lam * loss * share, {**stats, **dict(zip(keys, totals))}
 
     return extra_loss
 
 
 def relearn_uml(rm, tokenizer, pairs: list[reward.Pair], samples: list[dict], prompts: list[list[int]], *,
                 lam: float, beta: float, heads_lr: float, latent: int, hidden: int, uml_batch: int, max_response_len: int,
-                seed: int, train_kwargs: dict) -> MIBHeads:
-    """RLP-UML: Eq. 1 with D_hat = {} and lambda * L_M on P. Returns the MIB heads (saved beside the RM)."""
+                seed: int, train_kwargs: dict, kind: str = "mib") -> MIBHeads:
+    """RLP-UML: Eq. 1 with D_hat = {} and lambda * L_M on P (`kind`: L_M or an ablation's loss,
+    ib_loss.UML_LOSSES). Returns the heads (saved beside the RM)."""
     if any(len(s["outputs"]) < 2 for s in samples):
         raise ValueError("RLP-UML needs n >= 2 policy samples per instruction (two views)")
     torch.manual_seed(seed)
-    heads = MIBHeads(rm.config.hidden_size, hidden, latent).to(next(rm.parameters()).device)
+    heads = MIBHeads(rm.config.hidden_size, hidden, latent, kind).to(next(rm.parameters()).device)
     total = reward.num_steps(len(pairs), train_kwargs["batch_size"], train_kwargs["epochs"])
     extra = uml_loss_fn(rm, heads, tokenizer, samples, prompts, lam, uml_batch, max_response_len, seed, total, beta)
     reward.train_reward_model(rm, pairs, tokenizer.pad_token_id, seed=seed, extra_loss=extra,

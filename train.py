@@ -102,6 +102,8 @@ class Config:
     uml_beta: float = opt(1.0, "final weight of D_SKL in L_M (paper: 1); it warms up from 1e-3 (Federici et al.)")
     uml_latent: int = opt(64, "UML latent size of z (ours; Federici et al. use 64)")
     uml_hidden: int = opt(256, "UML MLP width of the mu, sigma and critic heads (ours)")
+    uml_loss: str = opt("mib", "RLP-UML representation loss: mib (the paper's L_M), or the Table 4 ablations "
+                               "mvi, infomax, contrastive (ib_loss.py)")
     uml_lr: float = opt(1e-3, "learning rate of the new UML heads (ours: they start from scratch, the RM does not)")
     uml_batch: int = opt(32, "instructions of P per UML step (ours: = rm_batch)")
     rlp_init: str = opt("sft", "re-learned RM starts from: sft (same start as Step 2, ours) or rm (the Step-2 RM)")
@@ -120,6 +122,8 @@ class Config:
             raise SystemExit(f"error: --stage must be one of {', '.join(STAGES + ['all'])}, got {self.stage!r}")
         if self.method not in ("uml", "spg", "both"):
             raise SystemExit(f"error: --method must be uml, spg or both, got {self.method!r}")
+        if self.uml_loss not in ("mib", "mvi", "infomax", "contrastive"):
+            raise SystemExit(f"error: --uml-loss must be mib, mvi, infomax or contrastive, got {self.uml_loss!r}")
         if self.rlp_init not in ("sft", "rm"):
             raise SystemExit(f"error: --rlp-init must be sft or rm, got {self.rlp_init!r}")
         if self.prompt_style == "auto":
@@ -420,7 +424,7 @@ def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
     heads = rlp.relearn_uml(rm, tokenizer, train, samples, run.prompts(tokenizer, samples), lam=cfg.uml_lambda,
                             beta=cfg.uml_beta, heads_lr=cfg.uml_lr, latent=cfg.uml_latent, hidden=cfg.uml_hidden, uml_batch=cfg.uml_batch,
                             max_response_len=cfg.max_response_len, seed=cfg.seed + 5,
-                            train_kwargs=train_kwargs(cfg, metrics, val, run.show))
+                            train_kwargs=train_kwargs(cfg, metrics, val, run.show), kind=cfg.uml_loss)
     mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
     metrics.log(score_mean=mean, score_std=std)
     run.save_model(rm, tokenizer, dest)

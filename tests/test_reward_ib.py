@@ -258,10 +258,11 @@ def test_mib_heads_sigma_positive_and_skl_zero_for_same_view():
     assert torch.all(std > 0)
     _, row = heads(h, h.clone())
     assert row["skl"] == pytest.approx(0.0, abs=1e-5)
-    assert math.isfinite(row["mib_loss"]) and row["mib_loss"] == pytest.approx(-row["mi_jsd"] + row["skl"], abs=1e-5)
+    assert math.isfinite(row["uml_loss"]) and row["uml_loss"] == pytest.approx(-row["mi_jsd"] + row["skl"], abs=1e-5)
 
 
-def test_mib_gradients_reach_reward_backbone(tok):
+@pytest.mark.parametrize("kind", ib_loss.UML_LOSSES)
+def test_every_uml_loss_reaches_reward_backbone(tok, kind):
     rm = tiny_rm(tok, seed=1)
     rm.train()
     prompts = [tok(t).input_ids for t in ["Add 12 7 =", "Sort 3 9 1 =", "Reverse abc ="]]
@@ -271,7 +272,7 @@ def test_mib_gradients_reach_reward_backbone(tok):
     h1 = models.last_token_hidden(rm, p_ids, p_mask, r1, m1)
     h2 = models.last_token_hidden(rm, p_ids, p_mask, r2, m2)
     torch.manual_seed(0)
-    heads = ib_loss.MIBHeads(in_dim=rm.config.hidden_size, hidden=16, latent=4)
+    heads = ib_loss.MIBHeads(in_dim=rm.config.hidden_size, hidden=16, latent=4, kind=kind)
     loss = heads(h1, h2)[0]
     g1, g2 = torch.autograd.grad(loss, [h1, h2], retain_graph=True)
     assert g1.abs().sum() > 0 and g2.abs().sum() > 0  # both views shape the representation
@@ -281,7 +282,8 @@ def test_mib_gradients_reach_reward_backbone(tok):
     for layer in rm.model.layers:
         assert layer.self_attn.q_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.mu.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.critic.parameters())
+    if kind != "contrastive":  # InfoNCE has no critic
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.critic.parameters())
 
 
 def test_beta_schedule_rises_from_start_to_end():
@@ -289,3 +291,46 @@ def test_beta_schedule_rises_from_start_to_end():
     assert vals[0] == pytest.approx(1e-3) and vals[-1] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(vals, vals[1:]))
     assert vals[5] == pytest.approx(math.sqrt(1e-3))  # exponential: geometric mean at the midpoint
+
+
+def slow_info_nce(za, zb, t):
+    n = len(za)
+    za = [a / a.norm() for a in za]
+    zb = [b / b.norm() for b in zb]
+    total = 0.0
+    for i in range(n):  # row i of za against every row of zb, and row i of zb against every row of za
+        row = [float(za[i] @ zb[j]) / t for j in range(n)]
+        col = [float(zb[i] @ za[j]) / t for j in range(n)]
+        total += -(row[i] - math.log(sum(math.exp(v) for v in row)))
+        total += -(col[i] - math.log(sum(math.exp(v) for v in col)))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_info_nce_matches_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    za, zb = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    assert ib_loss.info_nce(za, zb, 0.5).item() == pytest.approx(slow_info_nce(za, zb, 0.5), abs=1e-5)
+
+
+def test_info_nce_hand():
+    # orthonormal rows, za = zb: the right match scores 1/t, the n - 1 others 0
+    n, t = 4, 0.5
+    z = torch.eye(n)
+    want = -math.log(math.exp(1 / t) / (math.exp(1 / t) + (n - 1)))
+    assert ib_loss.info_nce(z, z, t).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_mvi_is_mib_without_the_bottleneck_term():
+    torch.manual_seed(0)
+    mib = ib_loss.MIBHeads(in_dim=6, hidden=8, latent=3, kind="mib")
+    mvi = ib_loss.MIBHeads(in_dim=6, hidden=8, latent=3, kind="mvi")
+    mvi.load_state_dict(mib.state_dict())
+    h1, h2 = torch.randn(5, 6), torch.randn(5, 6)
+    noise = (torch.randn(5, 3), torch.randn(5, 3))
+    a, row = mib(h1, h2, beta=0.7, noise=noise)
+    b, _ = mvi(h1, h2, beta=0.7, noise=noise)
+    assert b.item() == pytest.approx(a.item() - 0.7 * row["skl"], abs=1e-5)
+    assert mib(h1, h2, beta=0.0, noise=noise)[0].item() == pytest.approx(b.item(), abs=1e-6)
+    with pytest.raises(ValueError, match="unknown UML loss"):
+        ib_loss.MIBHeads(in_dim=6, kind="vib")
