@@ -89,10 +89,17 @@ def relearn_uml(rm, tokenizer, pairs: list[reward.Pair], samples: list[dict], pr
     return heads
 
 
+SYNTHETIC_LABELS = ("consistency", "reward", "rlaif")
+
+
 def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: list[list[int]], *, gamma: float,
-                          max_response_len: int, batch_size: int, seed: int, cluster) -> tuple[list[dict], dict]:
+                          max_response_len: int, batch_size: int, seed: int, cluster, labels: str = "consistency",
+                          judge_pairs=None) -> tuple[list[dict], dict]:
     """RLP-SPG's D_hat: score every output of P with the Step-2 RM (it picks y_w inside the
-    largest cluster), then keep the instructions whose confidence passes gamma (spg.py)."""
+    largest cluster), then keep the instructions whose confidence passes gamma (spg.py).
+    `labels` picks the paper's Table 5 baselines instead: "reward" (the Step-2 RM ranks two
+    random samples) or "rlaif" (`judge_pairs(records, first, second)`, the policy as a judge).
+    Select-All is "consistency" with gamma = 0."""
     n = len(samples[0]["outputs"]) if samples else 0
     flat_prompts = [p for p, s in zip(prompts, samples) for _ in s["outputs"]]
     flat_outputs = [o for s in samples for o in s["outputs"]]
@@ -101,8 +108,25 @@ def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: lis
     for s in samples:
         per_row.append(scores[k:k + len(s["outputs"])].tolist())
         k += len(s["outputs"])
-    pairs, stats = spg.synthesize(samples, per_row, gamma, seed, cluster)
+    if labels == "consistency":
+        pairs, stats = spg.synthesize(samples, per_row, gamma, seed, cluster)
+    elif labels == "reward":
+        score_of = {(i, o): sc for i, (s, row) in enumerate(zip(samples, per_row)) for o, sc in zip(s["outputs"], row)}
+        index = {id(s): i for i, s in enumerate(samples)}
+
+        def by_reward(records, first, second):
+            out = []
+            for r, a, b in zip(records, first, second):
+                sa, sb = score_of[(index[id(r)], a)], score_of[(index[id(r)], b)]
+                out.append(1 if sa > sb else 2 if sb > sa else 0)
+            return out
+        pairs, stats = spg.pairs_by_labeler(samples, by_reward, seed)
+    elif labels == "rlaif":
+        pairs, stats = spg.pairs_by_labeler(samples, judge_pairs, seed)
+    else:
+        raise ValueError(f"unknown synthetic labels {labels!r}; one of {', '.join(SYNTHETIC_LABELS)}")
     stats["n"] = n
+    stats["labels"] = labels
     return pairs, stats
 
 

@@ -97,7 +97,10 @@ class Config:
     # ---- Step 4: reward re-learning on policy
     rlp_n: int = opt(10, "policy samples per unlabelled instruction, n (paper: 10)")
     rlp_temperature: float = opt(1.0, "temperature for the policy sample set P (paper: 1.0)")
-    spg_gamma: float = opt(0.5, "SPG confidence threshold gamma (paper: 0.5)")
+    spg_gamma: float = opt(0.5, "SPG confidence threshold gamma (paper: 0.5; 0 = the Select-All baseline)")
+    synthetic_labels: str = opt("consistency", "where RLP-SPG's synthetic labels come from: consistency (the "
+                                               "paper's SPG), or the Table 5 baselines reward (the Step-2 RM ranks "
+                                               "two policy samples), rlaif (the policy judges two of its samples)")
     uml_lambda: float = opt(0.5, "UML weight lambda of L_M in Eq. 1 (paper: 0.5)")
     uml_beta: float = opt(1.0, "final weight of D_SKL in L_M (paper: 1); it warms up from 1e-3 (Federici et al.)")
     uml_latent: int = opt(64, "UML latent size of z (ours; Federici et al. use 64)")
@@ -124,6 +127,9 @@ class Config:
             raise SystemExit(f"error: --method must be uml, spg or both, got {self.method!r}")
         if self.uml_loss not in ("mib", "mvi", "infomax", "contrastive"):
             raise SystemExit(f"error: --uml-loss must be mib, mvi, infomax or contrastive, got {self.uml_loss!r}")
+        if self.synthetic_labels not in ("consistency", "reward", "rlaif"):
+            raise SystemExit(f"error: --synthetic-labels must be consistency, reward or rlaif, got "
+                             f"{self.synthetic_labels!r}")
         if self.rlp_init not in ("sft", "rm"):
             raise SystemExit(f"error: --rlp-init must be sft or rm, got {self.rlp_init!r}")
         if self.prompt_style == "auto":
@@ -445,17 +451,26 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
     samples = data.read_records(data_require(run, "rlp_samples") / "P.jsonl", data.SAMPLES)
     prompts = run.prompts(tokenizer, samples)
     rm_step2 = models.load_scorer(data_require(run, "reward"), run.device)
+    judge_pairs = None
+    if cfg.synthetic_labels == "rlaif":  # the Step-3 policy judges its own samples (judge.py)
+        import judge
+        policy = models.load_policy(data_require(run, "ppo") / "policy", run.device)
+        judge_pairs = lambda recs, a, b: judge.judge_pairs(policy, tokenizer, recs, a, b, cfg.gen_batch)  # noqa: E731
     synthetic, stats = rlp.synthetic_preferences(
         rm_step2, tokenizer, samples, prompts, gamma=cfg.spg_gamma, max_response_len=cfg.max_response_len,
-        batch_size=cfg.gen_batch, seed=cfg.seed + 6, cluster=lambda outs: spg.cluster_by_key(outs, task.normalize))
-    del rm_step2
+        batch_size=cfg.gen_batch, seed=cfg.seed + 6, cluster=lambda outs: spg.cluster_by_key(outs, task.normalize),
+        labels=cfg.synthetic_labels, judge_pairs=judge_pairs)
+    del rm_step2, judge_pairs
     # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
     correct = [task.win_value(task.gold_score(r["instruction"], r["input"], r["output_1"]),
                               task.gold_score(r["instruction"], r["input"], r["output_2"])) for r in synthetic]
-    stats["label_accuracy_gold"] = sum(correct) / max(1, len(correct))
+    stats["label_accuracy_gold"] = sum(correct) / len(correct) if correct else None
     metrics.log(**stats)
-    run.log(f"  SPG: {stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}, "
-            f"{stats['pairs']} pairs, synthetic-label accuracy vs gold {stats['label_accuracy_gold']:.3f}")
+    passed = (f"{stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}"
+              if cfg.synthetic_labels == "consistency" else f"labels from {cfg.synthetic_labels}")
+    acc = stats["label_accuracy_gold"]
+    run.log(f"  SPG: {passed}, {stats['pairs']} pairs, synthetic-label accuracy vs gold "
+            f"{'n/a' if acc is None else f'{acc:.3f}'}")
     run.write_records(dest / "synthetic_prefs.jsonl", synthetic)
     train, val, _ = human_pairs(run, tokenizer)
     synth_pairs = reward.make_pairs(tokenizer, synthetic, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)

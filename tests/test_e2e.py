@@ -320,3 +320,12 @@ def test_two_process_run_killed_during_ppo_resumes_with_two(run_dir2, tmp_path):
     assert one.returncode != 0 and "written by 2 process(es)" in one.stderr  # not silently mixed
     proc = resume_and_compare(tmp_path, run2, args, nproc=2)  # the same weights as the uninterrupted 2-process run
     assert "iteration 2 of 6" in proc.stdout
+
+
+def test_ablation_options_run_every_stage(tmp_path):
+    """The Table 4 / Table 5 ablation options, through the whole pipeline."""
+    train(tmp_path, "--uml-loss", "infomax", "--synthetic-labels", "rlaif")
+    check_complete(tmp_path)
+    assert json.loads((tmp_path / "rlp_reward_uml" / "uml_heads.json").read_text())["kind"] == "infomax"
+    rows = [json.loads(line) for line in (tmp_path / "rlp_reward_spg" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("labels") == "rlaif" and "no_preference" in r for r in rows)

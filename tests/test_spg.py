@@ -181,3 +181,49 @@ def test_synthesize_select_all_gamma_zero():
     assert stats["passed_gamma"] == 3 and stats["pairs"] == 2
     assert Counter(p["input"] for p in pairs) == Counter(["0", "2"])
     assert pairs[1]["output_1"] == "6" and pairs[1]["output_2"] == "5"
+
+
+# ----------------------------------------------------------------------------- Table 5 baselines
+
+def test_random_pair_never_picks_two_equal_texts():
+    rng = random.Random(0)
+    assert spg.random_pair(["7", "7", "7"], rng) is None
+    for _ in range(200):
+        outs_ = ["7", "7", "8", "9"]
+        i, j = spg.random_pair(outs_, rng)
+        assert outs_[i] != outs_[j]
+
+
+def test_pairs_by_labeler_orients_and_drops_ties():
+    samples = [{"instruction": "Add", "input": str(k), "outputs": ["a", "b"]} for k in range(3)] + \
+              [{"instruction": "Add", "input": "same", "outputs": ["c", "c"]}]
+    answers = iter([1, 2, 0])
+
+    def labeler(records, first, second):
+        assert len(records) == 3 and all(a != b for a, b in zip(first, second))  # the all-equal row is skipped
+        return [next(answers) for _ in records]
+
+    pairs, stats = spg.pairs_by_labeler(samples, labeler, seed=0)
+    assert stats["pairs"] == 2 and stats["labelled_pairs"] == 3 and stats["no_preference"] == 1
+    assert [p["input"] for p in pairs] == ["0", "1"]
+    assert all(p["preference"] == 1 and p["output_1"] != p["output_2"] for p in pairs)
+
+
+def test_reward_labels_pick_the_higher_scored_sample():
+    import torch
+    import rlp
+
+    class Tok:  # score_texts is replaced below; nothing is tokenised
+        pass
+
+    samples = [{"instruction": "Add", "input": str(k), "outputs": ["1", "22", "333"]} for k in range(5)]
+    score = {"1": 0.1, "22": 0.5, "333": 0.3}
+    real = rlp.models.score_texts
+    rlp.models.score_texts = lambda rm, tok, p, outs, *a: torch.tensor([score[o] for o in outs])
+    try:
+        pairs, stats = rlp.synthetic_preferences(None, Tok(), samples, [[0]] * 5, gamma=0.5, max_response_len=4,
+                                                 batch_size=8, seed=0, cluster=None, labels="reward")
+    finally:
+        rlp.models.score_texts = real
+    assert stats["pairs"] == 5 and stats["labels"] == "reward"
+    assert all(score[p["output_1"]] > score[p["output_2"]] for p in pairs)

@@ -1,0 +1,57 @@
+"""A language model as a pairwise judge: shown an instruction and two responses, which does it
+prefer? The RLAIF baseline of the paper's Table 5 asks the policy itself.
+
+The judge reads a fixed prompt ending in "The better response is Response" and we compare the
+log-probabilities it gives to the continuations " A" and " B" (no sampling). Each pair is asked
+in both orders, to cancel position bias: a preference counts only when both orders agree, and
+a disagreement is a tie (0). A small model that cannot judge gives mostly ties or coin flips;
+that is a finding, not a bug.
+"""
+from __future__ import annotations
+
+import torch
+
+import dist
+import models
+
+JUDGE_PROMPT = ("Which response follows the instruction better?\n\nInstruction: {instruction}\nInput: {input}\n\n"
+                "Response A: {a}\nResponse B: {b}\n\nThe better response is Response")
+OPTIONS = (" A", " B")
+
+
+@torch.no_grad()
+def option_logprobs(model, tokenizer, prompts: list[str], options=OPTIONS, batch_size: int = 64) -> torch.Tensor:
+    """[len(prompts), len(options)]: log p(option | prompt), summed over the option's tokens."""
+    device = next(model.parameters()).device
+    model.eval()
+    p_ids = [tokenizer(p).input_ids for p in prompts]
+    o_ids = [tokenizer(o, add_special_tokens=False).input_ids for o in options]
+    out = torch.zeros(len(prompts), len(options))
+    for k, opt in enumerate(o_ids):
+        for i in range(0, len(p_ids), batch_size):
+            ids, mask = models.left_pad(p_ids[i:i + batch_size], tokenizer.pad_token_id, device)
+            r_ids, r_mask = models.right_pad([opt] * len(ids), tokenizer.pad_token_id, device)
+            with models.autocast(device):
+                logits = models.response_logits(model, ids, mask, r_ids, r_mask)
+            out[i:i + len(ids), k] = (models.token_logprobs(logits.float(), r_ids, 1.0) * r_mask).sum(-1).cpu()
+    return out
+
+
+def judge_pairs(model, tokenizer, records: list[dict], first: list[str], second: list[str],
+                batch_size: int = 64) -> list[int]:
+    """For each (record, first, second): 1 if the judge prefers `first` in both orders, 2 if it
+    prefers `second` in both, 0 if the two orders disagree. With several processes each judges
+    its shard and every rank gets all the labels."""
+    idx = dist.shard(list(range(len(records))))
+    prompts = []
+    for i in idx:
+        r = records[i]
+        prompts.append(JUDGE_PROMPT.format(instruction=r["instruction"], input=r["input"], a=first[i], b=second[i]))
+        prompts.append(JUDGE_PROMPT.format(instruction=r["instruction"], input=r["input"], a=second[i], b=first[i]))
+    lp = option_logprobs(model, tokenizer, prompts, batch_size=batch_size)
+    labels = []
+    for j in range(len(idx)):
+        first_wins_ab = lp[2 * j, 0] > lp[2 * j, 1]  # asked as (A = first, B = second)
+        first_wins_ba = lp[2 * j + 1, 1] > lp[2 * j + 1, 0]  # asked as (A = second, B = first)
+        labels.append(1 if first_wins_ab and first_wins_ba else 2 if not (first_wins_ab or first_wins_ba) else 0)
+    return dist.gather(labels)
