@@ -41,7 +41,7 @@ def opt(default, help: str):
 class Config:
     # ---- run
     stage: str = opt("all", "stage to run: " + ", ".join(STAGES) + " or all")
-    method: str = opt("both", "RLP variant for rlp_reward / rlp_ppo: uml, spg or both (all runs both)")
+    method: str = opt("both", "RLP variant(s) for rlp_reward and rlp_ppo (also with --stage all): uml, spg or both")
     out: str = opt("runs/default", "run folder; every stage reads earlier stages from here")
     force: bool = opt(False, "redo stages whose output is already complete")
     seed: int = opt(0, "seed for the task sample, the initialisation and the sampling")
@@ -505,7 +505,7 @@ def stage_eval(run: Run, dest: Path, metrics) -> None:
 
 def plan(cfg: Config) -> list[tuple[str, object]]:
     """(output folder, stage function) in pipeline order for the requested --stage/--method."""
-    methods = ["uml", "spg"] if cfg.method == "both" or cfg.stage == "all" else [cfg.method]
+    methods = ["uml", "spg"] if cfg.method == "both" else [cfg.method]
     table = {
         "data": [("data", lambda run, dest, metrics: stage_data(run, dest))],
         "sft": [("sft", stage_sft)],
