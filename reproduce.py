@@ -62,11 +62,19 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
+def run_seconds(out: Path) -> float:
+    """A finished run's wall time: what reproduce.py measured (reproduce.json), else the sum of its
+    stages (timings.jsonl, without process start-up)."""
+    if (out / "reproduce.json").is_file():
+        return read(out / "reproduce.json")["seconds"]
+    return sum(r["seconds"] for r in metrics(out / "timings.jsonl")) if (out / "timings.jsonl").is_file() else 0.0
+
+
 def train(out: Path, args: list[str], log) -> float:
     """Run train.py to completion (skipped when its eval is done); returns its wall time."""
     if (out / "eval" / "DONE").is_file():
         log(f"  {out.name}: complete, skipped")
-        return 0.0
+        return run_seconds(out)
     t0 = time.time()
     cmd = [sys.executable, str(ROOT / "train.py"), "--out", str(out), "--quiet", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -74,6 +82,7 @@ def train(out: Path, args: list[str], log) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     seconds = time.time() - t0
+    (out / "reproduce.json").write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
     log(f"  {out.name}: {seconds:.0f} s")
     return seconds
 
@@ -161,6 +170,33 @@ def spg_table(runs: dict[str, Path], first: str = "synthetic labels") -> str:
     return "\n".join(rows)
 
 
+def findings(seed_runs: list[Path]) -> str:
+    """Plain statements computed from the numbers: the benchmark's premise, then the orderings."""
+    res = [read(r / "eval" / "results.json") for r in seed_runs]
+    n = len(res)
+    lines = []
+    for stage, label in [("ppo", "PPO (Step 3)"), ("rlp_ppo_uml", "RLP-UML (Step 5)"), ("rlp_ppo_spg", "RLP-SPG (Step 5)")]:
+        curves = [[r for r in metrics(run / stage / "metrics.jsonl") if "iteration" in r] for run in seed_runs]
+        k = max(1, min(5, min(len(c) for c in curves) // 4))
+        avg = lambda key, part: sum(sum(r[key] for r in part(c)) / k for c in curves) / n  # noqa: E731
+        head, tail = (lambda c: c[:k]), (lambda c: c[-k:])
+        lines.append(f"- {label}: the RM score of the rollouts goes from {avg('score', head):.2f} to "
+                     f"{avg('score', tail):.2f}, their gold score from {avg('gold', head):.3f} to "
+                     f"{avg('gold', tail):.3f}, the KL to SFT from {avg('kl', head):.1f} to {avg('kl', tail):.1f} "
+                     f"nats (first vs last {k} iterations, mean over seeds).")
+    acc = lambda rm, src: sum(100 * r["rm_accuracy"][rm][src]["accuracy"] for r in res) / n  # noqa: E731
+    lines.append(f"- The Step-2 RM is {acc('Step-2 RM', 'SFT'):.1f}% accurate on SFT samples and "
+                 f"{acc('Step-2 RM', 'PPO'):.1f}% on PPO samples; on PPO samples the RLP-UML RM is "
+                 f"{acc('RLP-UML RM', 'PPO'):.1f}% and the RLP-SPG RM {acc('RLP-SPG RM', 'PPO'):.1f}% (mean over seeds).")
+    for a, b in [("RLP-UML", "PPO"), ("RLP-SPG", "PPO"), ("RLP-SPG", "RLP-UML"), ("PPO", "SFT"), ("RLP-UML", "SFT"),
+                 ("RLP-SPG", "SFT"), ("Best-of-n", "SFT")]:
+        diffs = [r["policies"][a]["win_rate"] - r["policies"][b]["win_rate"] for r in res]
+        wins = sum(d > 0 for d in diffs)
+        mean, ci = mean_ci(diffs)
+        lines.append(f"- {a} vs {b}: higher win-rate in {wins} of {n} seeds; difference {mean:+.1f} ± {ci:.1f} points.")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- figures
 
 def figures(seed_runs: list[Path], out_dir: Path) -> list[str]:
@@ -246,10 +282,14 @@ def main(argv=None) -> None:
         ("" if args.seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, args.seeds)))
     report = f"""# Results on the built-in task
 
-Produced by `{command}` in {wall / 60:.1f} min of wall time (runs that were already complete
-count 0) on: {hardware()}. {len(args.seeds)} seeds for the main table ({', '.join(map(str, args.seeds))}); the
+Produced by `{command}`: {sum(seconds.values()) / 60:.1f} min of wall time in all (the sum of the
+runs' own wall times; this last invocation took {wall / 60:.1f} min) on: {hardware()}. {len(args.seeds)} seeds for the main table ({', '.join(map(str, args.seeds))}); the
 ablations and the sensitivity use seed {args.seeds[0]}. Every number below is read from the runs in
 `{runs}` (`eval/results.json`, `*/metrics.jsonl`).
+
+## Findings, computed from the numbers below
+
+{findings(seed_runs)}
 
 ## Main table (paper Table 2)
 
