@@ -165,7 +165,9 @@ def spg_table(runs: dict[str, Path], first: str = "synthetic labels") -> str:
     for label, run in runs.items():
         acc = stage_metric(run, "rlp_reward_spg", "label_accuracy_gold")
         pairs = stage_metric(run, "rlp_reward_spg", "pairs")
-        rows.append(f"| {label} | {pairs} | {'n/a' if acc is None else f'{100 * acc:.1f}'} | "
+        none = stage_metric(run, "rlp_reward_spg", "no_preference")
+        cell = f"{100 * acc:.1f}" if acc is not None else f"n/a: no pairs ({none} judged ties)" if none else "n/a"
+        rows.append(f"| {label} | {pairs} | {cell} | "
                     f"{policy_row(run, 'RLP-SPG')} |")
     return "\n".join(rows)
 
