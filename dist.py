@@ -151,11 +151,7 @@ def unshard(parts: list[list]) -> list:
 
 def gather(local: list) -> list:
     """Every rank's `shard` results, back in the original order, on every rank."""
-    if world() == 1:
-        return list(local)
-    parts: list = [None] * world()
-    td.all_gather_object(parts, list(local))
-    return unshard(parts)
+    return unshard(gather_all(list(local)))
 
 
 def gather_all(obj) -> list:

@@ -78,7 +78,8 @@ def train(out: Path, args: list[str], log) -> float:
     t0 = time.time()
     cmd = [sys.executable, str(ROOT / "train.py"), "--out", str(out), "--quiet", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    (out / "reproduce.log").write_text(proc.stdout + proc.stderr) if out.is_dir() else None
+    if out.is_dir():
+        (out / "reproduce.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     seconds = time.time() - t0

@@ -111,15 +111,11 @@ def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: lis
     if labels == "consistency":
         pairs, stats = spg.synthesize(samples, per_row, gamma, seed, cluster)
     elif labels == "reward":
-        score_of = {(i, o): sc for i, (s, row) in enumerate(zip(samples, per_row)) for o, sc in zip(s["outputs"], row)}
-        index = {id(s): i for i, s in enumerate(samples)}
+        text_score = {id(s): dict(zip(s["outputs"], row)) for s, row in zip(samples, per_row)}
 
-        def by_reward(records, first, second):
-            out = []
-            for r, a, b in zip(records, first, second):
-                sa, sb = score_of[(index[id(r)], a)], score_of[(index[id(r)], b)]
-                out.append(1 if sa > sb else 2 if sb > sa else 0)
-            return out
+        def by_reward(records, first, second):  # 1: first scores higher, 2: second, 0: a tie
+            scores = [(text_score[id(r)][a], text_score[id(r)][b]) for r, a, b in zip(records, first, second)]
+            return [1 if sa > sb else 2 if sb > sa else 0 for sa, sb in scores]
         pairs, stats = spg.pairs_by_labeler(samples, by_reward, seed)
     elif labels == "rlaif":
         pairs, stats = spg.pairs_by_labeler(samples, judge_pairs, seed)

@@ -533,16 +533,14 @@ def all_stage_dirs() -> list[str]:
 def check_settings(cfg: Config, out: Path) -> dict:
     """The settings are saved with the run (config.json). A run folder made with other settings
     is not silently mixed with new ones: a difference is an error unless --force."""
-    import data
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
     saved_path = out / "config.json"
     if saved_path.is_file() and not cfg.force:
         saved = json.loads(saved_path.read_text())
         saved = {k: v for k, v in saved.items() if k not in RUN_ONLY}
         diff = [f"--{k.replace('_', '-')}: {saved.get(k, '(not set)')} in the run, {settings.get(k, '(not set)')} now"
-                for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)
-                and not (isinstance(saved.get(k), float) and saved.get(k) != saved.get(k)
-                         and settings.get(k) != settings.get(k))]  # nan == nan here
+                for k in sorted(set(saved) | set(settings))
+                if json.dumps(saved.get(k)) != json.dumps(settings.get(k))]  # as saved: NaN equals NaN
         if diff:
             raise SystemExit(f"error: {out} was made with other settings:\n  " + "\n  ".join(diff) +
                              "\nuse another --out, the same settings, or --force to redo the requested stages "
@@ -596,8 +594,9 @@ def run_plan(cfg: Config, run: Run, out: Path) -> None:
     run.log(f"RLP run in {out}  device={run.device}  processes={dist.world()}  stage={cfg.stage}")
     auto_data = cfg.stage not in ("all", "data")  # the built-in splits are cheap and deterministic: on demand
     todo = ([("data", lambda run, dest, metrics: stage_data(run, dest))] if auto_data else []) + plan(cfg)
+    order = all_stage_dirs()
     if run.main:
-        for name in all_stage_dirs():
+        for name in order:
             data.finish_interrupted(out, name)  # a kill between the two renames that complete a stage
             if data.is_complete(out, name):
                 data.remove(out / name / CHECKPOINTS)  # a kill before a complete stage's checkpoints went
@@ -623,7 +622,6 @@ def run_plan(cfg: Config, run: Run, out: Path) -> None:
             dist.barrier()  # every rank is done with the stage before rank 0 moves it into place
         if run.main:
             data.remove(out / name / CHECKPOINTS)  # the stage is complete: its checkpoints are not needed
-            order = all_stage_dirs()
             for later in order[order.index(name) + 1:]:
                 data.remove(out / f".{later}.partial")  # a killed later stage built on the old output
             with open(out / "timings.jsonl", "a") as f:

@@ -41,7 +41,6 @@ def main(out: Path, micro: int) -> None:
     batch = list(range(3, 3 + 16))  # one global batch of 16 demonstrations
 
     # one SFT step: the gradient on the global batch
-    policy.zero_grad()
     loss = sft.accumulate_gradients(policy, tok, prompts, responses, batch, micro or 16 // dist.world())
     if dist.is_main():
         torch.save({"grad": flat_grad(policy), "loss": loss}, out / "sft_grad.pt")
