@@ -1,14 +1,22 @@
-"""Evaluation on the built-in task, where a gold judge knows every answer.
+"""Evaluation: win-rate of every policy against a reference answer per instruction.
 
 Policies: SFT, Best-of-n (n SFT samples ranked by the Step-2 RM), PPO (Step 3), RLP-UML and
 RLP-SPG (Step 5). Each answers every evaluation instruction once at the evaluation temperature
-(paper: 0.7) and is compared with ONE fixed reference output per instruction: an SFT sample
-drawn once with its own seed (our stand-in for the paper's text-davinci-003 reference), so
-SFT's own win-rate is about 50% by construction. Win = higher gold score, tie = half.
+(paper: 0.7) and is compared with ONE fixed reference output per instruction: the evaluation
+file's `output` when it has one (AlpacaFarm's eval set holds text-davinci-003's), else an SFT
+sample drawn once with its own seed (our stand-in), so that SFT's own win-rate is about 50%.
 
-Reward models: the Step-2 RM and each re-learned RM, scored by pairwise accuracy on
-gold-labelled pairs (two samples at T = 1 for each evaluation instruction, exact gold ties
-dropped) drawn from SFT and from each trained policy: the paper's off-distribution claim.
+The judge (--eval-judge) says who wins; a tie counts half:
+  gold  the built-in task's judge, which knows every answer (also gives gold scores);
+  lm    a local instruction-tuned LM asked "which response is better?" in both orders, a tie
+        when the orders disagree (judge.py); weak when the model is small, see the README;
+  rm    a reward model's scores (the Step-2 RM unless --judge-model: PPO optimised that one,
+        so it flatters PPO's answers).
+
+Reward models (built-in task only): the Step-2 RM and each re-learned RM, scored by pairwise
+accuracy on gold-labelled pairs (two samples at T = 1 for each evaluation instruction, exact
+gold ties dropped) drawn from SFT and from each trained policy: the paper's off-distribution
+claim.
 """
 from __future__ import annotations
 
@@ -45,24 +53,46 @@ def gold_pairs(tokenizer, records, prompts, outputs: list[list[str]], max_respon
     return pairs
 
 
+def win_stats(wins: list[float]) -> dict:
+    """Win-rate (%) with its 95% CI, and the share of ties, from per-instruction values 1 / 0.5 / 0."""
+    win, win_ci = mean_ci(wins)
+    return {"win_rate": 100 * win, "win_rate_ci": 100 * win_ci, "ties": sum(w == 0.5 for w in wins) / len(wins)}
+
+
 def score_outputs(records, outputs: list[str], reference: list[str]) -> dict:
+    """The gold judge (built-in task): win-rate, mean gold score, exact accuracy."""
     gold = [task.gold_score(r["instruction"], r["input"], o) for r, o in zip(records, outputs)]
     ref = [task.gold_score(r["instruction"], r["input"], o) for r, o in zip(records, reference)]
-    wins = [task.win_value(g, s) for g, s in zip(gold, ref)]
-    win, win_ci = mean_ci(wins)
     mean, mean_ci_ = mean_ci(gold)
-    return {"win_rate": 100 * win, "win_rate_ci": 100 * win_ci, "gold_score": mean, "gold_score_ci": mean_ci_,
-            "accuracy": sum(g == 1.0 for g in gold) / len(gold)}
+    return {**win_stats([task.win_value(g, s) for g, s in zip(gold, ref)]), "gold_score": mean,
+            "gold_score_ci": mean_ci_, "accuracy": sum(g == 1.0 for g in gold) / len(gold)}
+
+
+def label_wins(labels: list[int]) -> list[float]:
+    """judge.judge_pairs labels (1: the policy's answer, 2: the reference, 0: tie) -> 1 / 0 / 0.5."""
+    return [{1: 1.0, 2: 0.0, 0: 0.5}[label] for label in labels]
+
+
+def score_wins(scores: torch.Tensor, reference_scores: torch.Tensor) -> list[float]:
+    """RM judge: 1 when the policy's answer scores higher than the reference, 0.5 when equal."""
+    return [task.win_value(s, r) for s, r in zip(scores.tolist(), reference_scores.tolist())]
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Evaluation on {results['n_eval']} held-out instructions of the built-in task; reference: "
-             f"{results['reference']}. ± = 95% CI over instructions.", "",
-             "| method | win-rate vs reference (%) | mean gold score | exact accuracy |", "|---|---|---|---|"]
+    gold = results["judge"] == "gold"
+    lines = [f"Evaluation on {results['n_eval']} held-out instructions; judge: {results['judge_name']}; reference: "
+             f"{results['reference']}. ± = 95% CI over instructions.", ""]
+    if gold:
+        lines += ["| method | win-rate vs reference (%) | mean gold score | exact accuracy |", "|---|---|---|---|"]
+    else:
+        lines += ["| method | win-rate vs reference (%) | ties (%) |", "|---|---|---|"]
     for name, r in results["policies"].items():
-        lines.append(f"| {name} | {r['win_rate']:.1f} ± {r['win_rate_ci']:.1f} | {r['gold_score']:.3f} ± "
-                     f"{r['gold_score_ci']:.3f} | {100 * r['accuracy']:.1f}% |")
-    sources = list(next(iter(results["rm_accuracy"].values()), {}))
+        if gold:
+            lines.append(f"| {name} | {r['win_rate']:.1f} ± {r['win_rate_ci']:.1f} | {r['gold_score']:.3f} ± "
+                         f"{r['gold_score_ci']:.3f} | {100 * r['accuracy']:.1f}% |")
+        else:
+            lines.append(f"| {name} | {r['win_rate']:.1f} ± {r['win_rate_ci']:.1f} | {100 * r['ties']:.1f} |")
+    sources = list(next(iter(results.get("rm_accuracy", {}).values()), {}))
     if sources:
         lines += ["", "Reward-model pairwise accuracy (%) on gold-labelled pairs sampled from each policy:", "",
                   "| reward model | " + " | ".join(f"{s} samples" for s in sources) + " |",
@@ -89,23 +119,29 @@ def evaluate(out_dir: Path, records, cfg, device, show: bool = True) -> tuple[di
     rms = {k: v for k, v in rms.items() if (v / "config.json").is_file()}
     policies, rms = dist.broadcast_object((policies, rms))  # rank 0's view of the folder, on every rank
 
+    given_reference = bool(records) and all("output" in r for r in records)
+    gold = cfg.eval_judge == "gold"
     outputs: dict[str, list[str]] = {}
+    if given_reference:
+        outputs["reference"] = [r["output"] for r in records]
     pair_samples: dict[str, list[list[str]]] = {}
     for i, (name, path) in enumerate(policies.items()):
         policy = models.load_policy(path, device)
         if name == "SFT":
-            g = models.make_generator(device, cfg.seed + 1000)
-            outputs["reference"] = [o[0] for o in models.generate_texts(policy, tokenizer, prompts, 1, T,
-                                                                        generator=g, desc="reference", **gen)]
+            if not given_reference:
+                g = models.make_generator(device, cfg.seed + 1000)
+                outputs["reference"] = [o[0] for o in models.generate_texts(policy, tokenizer, prompts, 1, T,
+                                                                            generator=g, desc="reference", **gen)]
             g = models.make_generator(device, cfg.seed + 1001)
             best_of = models.generate_texts(policy, tokenizer, prompts, cfg.best_of_n, T, generator=g,
                                             desc=f"best-of-{cfg.best_of_n}", **gen)
         g = models.make_generator(device, cfg.seed + 2000 + i)
         outputs[name] = [o[0] for o in models.generate_texts(policy, tokenizer, prompts, 1, T, generator=g,
                                                              desc=f"eval {name}", **gen)]
-        g = models.make_generator(device, cfg.seed + 3000 + i)
-        pair_samples[name] = models.generate_texts(policy, tokenizer, prompts, 2, 1.0, generator=g,
-                                                   desc=f"pairs {name}", **gen)
+        if gold:  # gold-labelled pairs for RM accuracy on this policy's samples
+            g = models.make_generator(device, cfg.seed + 3000 + i)
+            pair_samples[name] = models.generate_texts(policy, tokenizer, prompts, 2, 1.0, generator=g,
+                                                       desc=f"pairs {name}", **gen)
         del policy
 
     if "SFT" in policies and "Step-2 RM" in rms:  # Best-of-n: SFT samples ranked by the Step-2 RM
@@ -115,13 +151,25 @@ def evaluate(out_dir: Path, records, cfg, device, show: bool = True) -> tuple[di
                                     cfg.max_response_len, cfg.gen_batch).view(len(prompts), cfg.best_of_n)
         outputs["Best-of-n"] = [row[j] for row, j in zip(best_of, scores.argmax(-1).tolist())]
 
-    results = {"n_eval": len(records), "eval_temperature": T, "best_of_n": cfg.best_of_n,
-               "reference": "one SFT sample per instruction at the evaluation temperature (seed + 1000)",
+    if "reference" not in outputs:
+        raise SystemExit(f"error: eval needs a reference: the evaluation file's 'output' fields, or the SFT policy "
+                         f"({out_dir / 'sft'})")
+    names = [name for name in ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"] if name in outputs]
+    results = {"n_eval": len(records), "eval_temperature": T, "best_of_n": cfg.best_of_n, "judge": cfg.eval_judge,
+               "reference": "the evaluation file's outputs" if given_reference else
+               "one SFT sample per instruction at the evaluation temperature (seed + 1000)",
                "policies": {}, "rm_accuracy": {}}
-    for name in ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"]:
-        if name in outputs:
+    if gold:
+        results["judge_name"] = "the built-in task's gold judge"
+        for name in names:
             results["policies"][name] = score_outputs(records, outputs[name], outputs["reference"])
+    else:
+        results["judge_name"], wins = judge_outputs(out_dir, records, prompts, tokenizer, cfg, device,
+                                                    {name: outputs[name] for name in names}, outputs["reference"])
+        results["policies"] = {name: win_stats(w) for name, w in wins.items()}
 
+    if not gold:
+        return results, outputs
     pairs = {src: gold_pairs(tokenizer, records, prompts, samples, cfg.max_response_len)
              for src, samples in pair_samples.items()}
     for rm_name, path in rms.items():
@@ -130,3 +178,25 @@ def evaluate(out_dir: Path, records, cfg, device, show: bool = True) -> tuple[di
             src: reward.pairwise_accuracy(rm, p, tokenizer.pad_token_id, cfg.gen_batch) for src, p in pairs.items()}
         del rm
     return results, outputs
+
+
+def judge_outputs(out_dir: Path, records, prompts, tokenizer, cfg, device, outputs: dict[str, list[str]],
+                  reference: list[str]) -> tuple[str, dict[str, list[float]]]:
+    """Without a gold judge: (the judge's name, per-instruction win values of each policy's
+    answers against the reference), from an LM judge or a reward model (--eval-judge)."""
+    if cfg.eval_judge == "rm":
+        path = Path(cfg.judge_model) if cfg.judge_model else out_dir / "reward"
+        rm = models.load_scorer(path, device)
+        rm_tok = tokenizer if not cfg.judge_model else models.load_tokenizer(path)
+        rm_prompts = prompts if not cfg.judge_model else models.encode_prompts(
+            rm_tok, records, cfg.prompt_style, cfg.max_prompt_len)
+        score = lambda texts: models.score_texts(rm, rm_tok, rm_prompts, texts, cfg.max_response_len,  # noqa: E731
+                                                 cfg.gen_batch)
+        ref_scores = score(reference)
+        return f"reward model {path}", {name: score_wins(score(o), ref_scores) for name, o in outputs.items()}
+    import judge
+    name = cfg.judge_model or cfg.model
+    model, judge_tok = models.load_pretrained(name, device)
+    return (f"LM {name}, asked in both orders",
+            {policy: label_wins(judge.judge_pairs(model, judge_tok, records, o, reference, cfg.gen_batch))
+             for policy, o in outputs.items()})

@@ -1,8 +1,10 @@
 """A language model as a pairwise judge: shown an instruction and two responses, which does it
 prefer? The RLAIF baseline of the paper's Table 5 asks the policy itself.
 
-The judge reads a fixed prompt ending in "The better response is Response" and we compare the
-log-probabilities it gives to the continuations " A" and " B" (no sampling). Each pair is asked
+The judge reads a fixed question (inside its chat template, when its tokenizer has one) and the
+start of an answer, "The better response is Response"; we compare the log-probabilities it gives
+to the continuations " A" and " B" (no sampling). `eval` uses the same judge, with an
+instruction-tuned model, to compare a policy's answers with reference answers (--eval-judge lm). Each pair is asked
 in both orders, to cancel position bias: a preference counts only when both orders agree, and
 a disagreement is a tie (0). A small model that cannot judge gives mostly ties or coin flips;
 that is a finding, not a bug.
@@ -14,17 +16,32 @@ import torch
 import dist
 import models
 
-JUDGE_PROMPT = ("Which response follows the instruction better?\n\nInstruction: {instruction}\nInput: {input}\n\n"
-                "Response A: {a}\nResponse B: {b}\n\nThe better response is Response")
+JUDGE_QUESTION = "Which response follows the instruction better?\n\nInstruction: {instruction}\n{input}\n" \
+                 "Response A: {a}\nResponse B: {b}"
+JUDGE_ANSWER = "The better response is Response"
 OPTIONS = (" A", " B")
 
 
+def judge_prompt(tokenizer, record: dict, a: str, b: str) -> str:
+    """The question, with the "Input:" line only when the record has an input; inside the
+    judge's chat template (one user turn, then the start of the assistant's answer) when its
+    tokenizer has one, else as plain text."""
+    question = JUDGE_QUESTION.format(instruction=record["instruction"], a=a, b=b,
+                                     input=f"Input: {record['input']}\n" if record.get("input") else "")
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True) + JUDGE_ANSWER
+    return question + "\n\n" + JUDGE_ANSWER
+
+
 @torch.no_grad()
-def option_logprobs(model, tokenizer, prompts: list[str], options=OPTIONS, batch_size: int = 64) -> torch.Tensor:
-    """[len(prompts), len(options)]: log p(option | prompt), summed over the option's tokens."""
+def option_logprobs(model, tokenizer, prompts: list[str], options=OPTIONS, batch_size: int = 64,
+                    add_special_tokens: bool = True) -> torch.Tensor:
+    """[len(prompts), len(options)]: log p(option | prompt), summed over the option's tokens.
+    add_special_tokens=False for prompts that a chat template wrote (it has its own BOS)."""
     device = next(model.parameters()).device
     model.eval()
-    p_ids = [tokenizer(p).input_ids for p in prompts]
+    p_ids = [tokenizer(p, add_special_tokens=add_special_tokens).input_ids for p in prompts]
     o_ids = [tokenizer(o, add_special_tokens=False).input_ids for o in options]
     out = torch.zeros(len(prompts), len(options))
     for k, opt in enumerate(o_ids):
@@ -45,10 +62,10 @@ def judge_pairs(model, tokenizer, records: list[dict], first: list[str], second:
     idx = dist.shard(list(range(len(records))))
     prompts = []
     for i in idx:
-        r = records[i]
-        prompts.append(JUDGE_PROMPT.format(instruction=r["instruction"], input=r["input"], a=first[i], b=second[i]))
-        prompts.append(JUDGE_PROMPT.format(instruction=r["instruction"], input=r["input"], a=second[i], b=first[i]))
-    lp = option_logprobs(model, tokenizer, prompts, batch_size=batch_size)
+        prompts.append(judge_prompt(tokenizer, records[i], first[i], second[i]))
+        prompts.append(judge_prompt(tokenizer, records[i], second[i], first[i]))
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    lp = option_logprobs(model, tokenizer, prompts, batch_size=batch_size, add_special_tokens=not chat)
     labels = []
     for j in range(len(idx)):
         first_wins_ab = lp[2 * j, 0] > lp[2 * j, 1]  # asked as (A = first, B = second)

