@@ -130,7 +130,12 @@ def load_pretrained(name: str, device) -> tuple[torch.nn.Module, PreTrainedToken
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # the pad token we added
-        model.resize_token_embeddings(len(tokenizer))
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # the note on how new rows are initialised
+        try:
+            model.resize_token_embeddings(len(tokenizer))
+        finally:
+            transformers.logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
     return no_dropout(model).to(device).eval(), tokenizer
 
@@ -139,7 +144,9 @@ def gradient_checkpointing(model, on: bool):
     """Recompute activations in the backward pass instead of storing them (--gradient-checkpointing):
     less memory for long sequences at about a third more compute. Only training forwards
     (model.train()) are affected; our forwards pass use_cache=False, as it requires."""
-    if on:
+    if on and hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif on:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 

@@ -229,3 +229,61 @@ def test_where_survives_a_round_trip_through_our_files(tmp_path):
     assert [r["_where"] for r in back] == [f"{tmp_path / 'user.jsonl'}:1", f"{tmp_path / 'user.jsonl'}:2"]
     plain = data.read_records(tmp_path / "ours.jsonl", data.INSTRUCTION)
     assert [r["_where"] for r in plain] == [f"{tmp_path / 'ours.jsonl'}:1", f"{tmp_path / 'ours.jsonl'}:2"]
+
+
+# ----------------------------------------------------------------------------- settings
+
+def test_embedding_threshold_default_is_the_measured_one():
+    import similarity
+    import train
+    assert train.Config().embedding_threshold == similarity.DEFAULT_EMBEDDING_THRESHOLD
+
+
+def test_defaults_follow_the_model_and_data():
+    import train
+    builtin = train.Config()
+    assert (builtin.prompt_style, builtin.max_prompt_len, builtin.max_response_len) == ("compact", 32, 10)
+    assert (builtin.spg_cluster, builtin.eval_judge) == ("exact", "gold")
+    real = train.Config(model="some/model")
+    assert (real.prompt_style, real.max_prompt_len, real.max_response_len) == ("auto", 192, 300)  # AlpacaFarm
+    with pytest.raises(SystemExit, match="--eval-judge gold knows only the built-in task"):
+        train.Config(model="m", sft_data="a", pref_data="b", unlabeled_data="c", eval_data="d", eval_judge="gold")
+
+
+def test_prompt_style_resolves_from_the_tokenizer(tiny):
+    import train
+    for name, style in [("chat", "chat"), ("base", "alpaca")]:
+        cfg = train.Config(model=tiny[name])
+        train.resolve_prompt_style(cfg)
+        assert cfg.prompt_style == style
+    with pytest.raises(SystemExit, match="has no chat template"):
+        train.resolve_prompt_style(train.Config(model=tiny["base"], prompt_style="chat"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny):
+    import torch
+    grads = []
+    for on in (False, True):
+        model = models.gradient_checkpointing(models.load_policy(tiny["chat"], torch.device("cpu")), on)
+        model.train()
+        ids = torch.tensor([[5, 9, 13, 2, 7, 11]])
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    on = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"  # renamed in transformers 5.x
+    assert getattr(model, on)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_subword_text_round_trip(tiny):
+    """Stages hand answers to each other as text (files), re-encoded by the next stage; for a
+    byte-level BPE that is lossless on the text (the ids may differ, the text does not)."""
+    import torch
+    tok = models.load_tokenizer(tiny["chat"])
+    texts = ["Paris is the capital of France.", " leading space", "2 + 3 = 5.\nNext line", "émoji 🙂 ok"]
+    ids = models.encode_responses(tok, texts, 64)
+    r_ids, r_mask = models.right_pad(ids, tok.pad_token_id)
+    assert models.decode_responses(tok, r_ids, r_mask) == texts
+    assert all(row[-1] == tok.eos_token_id for row in ids)
+    assert torch.all(r_mask.sum(-1) == torch.tensor([len(row) for row in ids]))
