@@ -186,7 +186,8 @@ def judge_outputs(out_dir: Path, records, prompts, tokenizer, cfg, device, outpu
     answers against the reference), from an LM judge or a reward model (--eval-judge)."""
     if cfg.eval_judge == "rm":
         path = Path(cfg.judge_model) if cfg.judge_model else out_dir / "reward"
-        rm = models.load_scorer(path, device)
+        with models.loading("--judge-model", str(path)):
+            rm = models.load_scorer(path, device)
         rm_tok = tokenizer if not cfg.judge_model else models.load_tokenizer(path)
         rm_prompts = prompts if not cfg.judge_model else models.encode_prompts(
             rm_tok, records, cfg.prompt_style, cfg.max_prompt_len)
@@ -196,7 +197,8 @@ def judge_outputs(out_dir: Path, records, prompts, tokenizer, cfg, device, outpu
         return f"reward model {path}", {name: score_wins(score(o), ref_scores) for name, o in outputs.items()}
     import judge
     name = cfg.judge_model or cfg.model
-    model, judge_tok = models.load_pretrained(name, device)
+    with models.loading("--judge-model" if cfg.judge_model else "--model", name):
+        model, judge_tok = models.load_pretrained(name, device)
     return (f"LM {name}, asked in both orders",
             {policy: label_wins(judge.judge_pairs(model, judge_tok, records, o, reference, cfg.gen_batch))
              for policy, o in outputs.items()})

@@ -102,6 +102,18 @@ def resolve_model(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+@contextlib.contextmanager
+def loading(flag: str, name: str):
+    """A model or tokenizer that cannot be found (a typo, or a hub id with no network) is one clear
+    line naming the flag, not a traceback from deep inside transformers."""
+    try:
+        yield
+    except OSError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"error: {flag} {name}: cannot load it ({reason}); give a local folder, or a hub id "
+                         f"with network access") from None
+
+
 def load_gguf_causal_lm(folder: str, gguf_file: str) -> torch.nn.Module:
     """A causal LM from a GGUF file, dequantised to float32 by transformers' GGUF reader
     (the `gguf` package). We build the model from the file's config and load the tensors

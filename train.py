@@ -346,7 +346,8 @@ def stage_data(run: Run, dest: Path) -> None:
     else:
         files = {"sft": cfg.sft_data, "pref": cfg.pref_data, "unlabeled": cfg.unlabeled_data, "eval": cfg.eval_data}
         splits = {name: data.read_user_records(path, name) for name, path in files.items()}
-        tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
+        with models.loading("--model", cfg.model):
+            tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
         for rows in splits.values():
             models.encode_prompts(tokenizer, rows, cfg.prompt_style, cfg.max_prompt_len)
     for name, rows in splits.items():
@@ -359,7 +360,8 @@ def resolve_prompt_style(cfg: Config) -> None:
     alpaca. Resolved before config.json is written, so every stage formats prompts the same way."""
     if cfg.prompt_style in ("auto", "chat") and cfg.model:
         import models
-        tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
+        with models.loading("--model", cfg.model):
+            tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
         style = models.default_prompt_style(tokenizer)
         if cfg.prompt_style == "chat" and style != "chat":
             raise SystemExit(f"error: --prompt-style chat, but the tokenizer of {cfg.model} has no chat template")
@@ -373,7 +375,8 @@ def stage_sft(run: Run, dest: Path, metrics) -> None:
     cfg = run.cfg
     recs = run.records("sft", data.DEMO)
     if cfg.model:
-        model, tokenizer = models.load_pretrained(cfg.model, run.device)
+        with models.loading("--model", cfg.model):
+            model, tokenizer = models.load_pretrained(cfg.model, run.device)
         models.gradient_checkpointing(model, cfg.gradient_checkpointing)
     else:
         tokenizer = models.build_char_tokenizer()
@@ -554,6 +557,7 @@ def spg_clusterer(run: Run):
     """--spg-cluster: outputs -> cluster labels (spg.py). exact: equal answers (the built-in task's
     normalised answer, or for your own data the text with case and spacing ignored); nli:
     bidirectional entailment (paper); embedding: cosine of sentence embeddings."""
+    import models
     import spg
     import task
     cfg = run.cfg
@@ -562,9 +566,11 @@ def spg_clusterer(run: Run):
         return lambda outputs: spg.cluster_by_key(outputs, key)
     import similarity
     if cfg.spg_cluster == "nli":
-        entails = similarity.NLIEntailment(cfg.nli_model, run.device)
+        with models.loading("--nli-model", cfg.nli_model):
+            entails = similarity.NLIEntailment(cfg.nli_model, run.device)
         return lambda outputs: spg.cluster_by_entailment(outputs, entails)
-    embed = similarity.SentenceEmbedder(cfg.embedding_model or None, run.device)
+    with models.loading("--embedding-model", cfg.embedding_model or "(all-MiniLM-L6-v2)"):
+        embed = similarity.SentenceEmbedder(cfg.embedding_model or None, run.device)
     return lambda outputs: spg.cluster_by_embedding(outputs, embed, cfg.embedding_threshold)
 
 

@@ -159,6 +159,15 @@ def test_prompt_too_long_names_the_users_file_and_line(tmp_path, tiny):
     assert f"{paths['unlabeled']}:7: prompt is" in proc.stderr and "--max-prompt-len 200" in proc.stderr
 
 
+def test_a_model_that_cannot_be_loaded_is_one_clear_line(tmp_path):
+    proc = train(tmp_path / "run", ["--model", str(tmp_path / "no-such-model")], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: --model {tmp_path / 'no-such-model'}: cannot load it")
+    with pytest.raises(SystemExit, match="error: --nli-model x: cannot load it"):
+        with models.loading("--nli-model", "x"):
+            raise OSError("x is not a local folder")
+
+
 def test_missing_data_files_and_builtin_model_are_clear_errors(tmp_path, tiny):
     paths = write_alpacafarm_jsonl(tmp_path)
     proc = train(tmp_path / "run", ["--model", tiny["chat"], "--sft-data", str(paths["sft"])], check=False)
