@@ -2,6 +2,8 @@
 
     python train.py                          # every stage, built-in task, runs/default
     python train.py --stage ppo --force      # redo one stage
+    python train.py --model smollm2 --sft-data S --pref-data P --unlabeled-data U --eval-data E
+                                             # your own model and data (README: use your own model and data)
     torchrun --standalone --nproc_per_node=2 train.py   # data parallel: 2 processes (GPUs, or CPU with gloo)
     torchrun --nnodes=2 --nproc_per_node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 --rdzv-id=rlp1 train.py
                                              # the same on each of 2 machines (README: data parallelism)
@@ -9,9 +11,10 @@
 Stages (each writes DIR/<stage>/ with a DONE marker once all its outputs are on disk;
 `all` skips a stage whose output is complete, `--force` redoes it; re-running a killed command
 resumes from the last complete stage, or from the last PPO checkpoint):
-    data        the built-in task's splits (AlpacaFarm format)          -> data/*.jsonl
+    data        the built-in task's splits, or your files, checked (AlpacaFarm format) -> data/*.jsonl
     sft         Step 0, supervised fine-tuning                           -> sft/
-    prefs       Step 1, two SFT samples per instruction + annotator       -> prefs/prefs.jsonl
+    prefs       Step 1, two SFT samples per instruction + annotator,
+                or your preference file                                   -> prefs/prefs.jsonl
     reward      Step 2, Bradley-Terry reward model from SFT               -> reward/
     ppo         Step 3, PPO from SFT against the Step-2 RM                -> ppo/policy, ppo/value
     rlp_reward  Step 4, policy samples P, then the RM re-learned (Eq. 1) -> rlp_samples/, rlp_reward_{uml,spg}/

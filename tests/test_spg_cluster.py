@@ -6,11 +6,11 @@ import random
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models as tok_models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
 
 import similarity
 import spg
+from tiny_models import word_tokenizer
 
 
 # ----------------------------------------------------------------------------- stubs and slow references
@@ -219,15 +219,7 @@ SENTENCES = ["the cat sat", "a dog", "paris is the capital of france", "lyon", "
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level BERT-style tokenizer: [CLS] a [SEP] (b [SEP])."""
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
-    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_max_length=24)
+    return word_tokenizer(WORDS, max_length=24)
 
 
 def tiny_config(**kw) -> BertConfig:

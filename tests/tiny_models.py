@@ -49,9 +49,9 @@ def save_tiny_llama(path, corpus: list[str], chat: bool, seed: int = 0) -> str:
     return str(path)
 
 
-def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+def word_tokenizer(words: list[str], max_length: int = 64) -> PreTrainedTokenizerFast:
     """A word-level BERT-style tokenizer ([CLS] a [SEP] b [SEP]); other words are [UNK]."""
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted(set(words)))}
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + list(dict.fromkeys(words)))}
     tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -59,7 +59,7 @@ def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_max_length=64)
+                                   sep_token="[SEP]", model_max_length=max_length)
 
 
 def save_tiny_bert(path, words: list[str], nli: bool, seed: int = 0) -> str:
