@@ -185,12 +185,17 @@ def judge_outputs(out_dir: Path, records, prompts, tokenizer, cfg, device, outpu
     """Without a gold judge: (the judge's name, per-instruction win values of each policy's
     answers against the reference), from an LM judge or a reward model (--eval-judge)."""
     if cfg.eval_judge == "rm":
-        path = Path(cfg.judge_model) if cfg.judge_model else out_dir / "reward"
-        with models.loading("--judge-model", str(path)):
-            rm = models.load_scorer(path, device)
-        rm_tok = tokenizer if not cfg.judge_model else models.load_tokenizer(path)
-        rm_prompts = prompts if not cfg.judge_model else models.encode_prompts(
-            rm_tok, records, cfg.prompt_style, cfg.max_prompt_len)
+        if cfg.judge_model:  # a reward model from elsewhere (another run's reward/): its own tokenizer and format
+            path = Path(cfg.judge_model)
+            with models.loading("--judge-model", str(path)):
+                rm, rm_tok = models.load_scorer(path, device), models.load_tokenizer(path)
+            if len(rm_tok) > rm.get_input_embeddings().num_embeddings:
+                raise SystemExit(f"error: --judge-model {path}: its tokenizer has no pad token distinct from EOS; "
+                                 f"give a reward model saved by this project (a run's reward/ folder)")
+            rm_prompts = models.encode_prompts(rm_tok, records, models.default_prompt_style(rm_tok), cfg.max_prompt_len)
+        else:
+            path, rm, rm_tok, rm_prompts = out_dir / "reward", models.load_scorer(out_dir / "reward", device), \
+                tokenizer, prompts
         score = lambda texts: models.score_texts(rm, rm_tok, rm_prompts, texts, cfg.max_response_len,  # noqa: E731
                                                  cfg.gen_batch)
         ref_scores = score(reference)

@@ -69,8 +69,12 @@ def new_tiny_llama(tokenizer, hidden: int, layers: int, heads: int, max_len: int
     return LlamaForCausalLM(cfg)
 
 
-def load_tokenizer(path, gguf_file: str | None = None):
+def load_tokenizer(path, gguf_file: str | None = None, turn_end_eos: bool = False):
+    """A checkpoint's tokenizer, left-padding. turn_end_eos (chat prompts): EOS becomes the token
+    the chat template ends an answer with (`use_turn_end_as_eos`)."""
     tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(path)
+    if turn_end_eos and getattr(tok, "chat_template", None):
+        use_turn_end_as_eos(tok)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         # STYLE.md 1: a pad token distinct from EOS, or masks and rewards get confused.
         tok.add_special_tokens({"pad_token": PAD})
@@ -108,7 +112,7 @@ def loading(flag: str, name: str):
     line naming the flag, not a traceback from deep inside transformers."""
     try:
         yield
-    except OSError as e:
+    except (OSError, ValueError, ImportError, RuntimeError) as e:  # missing, unreadable or unsupported
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SystemExit(f"error: {flag} {name}: cannot load it ({reason}); give a local folder, or a hub id "
                          f"with network access") from None
@@ -132,11 +136,12 @@ def load_gguf_causal_lm(folder: str, gguf_file: str) -> torch.nn.Module:
     return model
 
 
-def load_pretrained(name: str, device) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+def load_pretrained(name: str, device, chat: bool = False) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """--model: the policy to fine-tune and its tokenizer (with a pad token distinct from EOS;
-    the embeddings grow to fit it). Float32 weights: GPUs compute in bf16 under autocast."""
+    the embeddings grow to fit it; chat: EOS = the template's end of an answer). Float32
+    weights: GPUs compute in bf16 under autocast."""
     folder, gguf_file = resolve_model(name)
-    tokenizer = load_tokenizer(folder, gguf_file)
+    tokenizer = load_tokenizer(folder, gguf_file, turn_end_eos=chat)
     if gguf_file:
         model = load_gguf_causal_lm(folder, gguf_file)
     else:
@@ -234,6 +239,36 @@ def format_prompt(instruction: str, input: str, style: str, tokenizer=None) -> s
     raise ValueError(f"unknown prompt style {style!r}")
 
 
+def chat_turn_end(tokenizer) -> str | None:
+    """The special token the chat template writes right after an assistant's answer (SmolLM2:
+    <|im_end|>, Llama 3: <|eot_id|>, Gemma: <end_of_turn>), or None if it writes none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "RLP-ANSWER-MARKER"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    if marker not in text:
+        return None
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for i in tokenizer(text.split(marker, 1)[1], add_special_tokens=False).input_ids:
+        if i in special:
+            return tokenizer.convert_ids_to_tokens(i)
+    return None
+
+
+def use_turn_end_as_eos(tokenizer) -> str | None:
+    """Responses end with the tokenizer's EOS (SFT targets, the sampler's stop). With a chat
+    template that ends an answer with another token, EOS becomes that token, so SFT teaches the
+    ending the model already knows; the tokenizer saved with every checkpoint keeps it. Returns
+    the old EOS when it changed."""
+    end = chat_turn_end(tokenizer)
+    if end is None or end == tokenizer.eos_token:
+        return None
+    old = tokenizer.eos_token
+    tokenizer.eos_token = end
+    return old
+
+
 def default_prompt_style(tokenizer) -> str:
     """--prompt-style auto for a real model: its chat template if it has one, else AlpacaFarm's."""
     return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
@@ -311,11 +346,13 @@ def join(prompt_ids, prompt_mask, resp_ids, resp_mask):
 # ----------------------------------------------------------------------------- forwards
 
 def response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
-    """Logits that predict each response token: [B, R, V] (position P-1+t predicts token t)."""
+    """Logits that predict each response token: [B, R, V] (position P-1+t predicts token t).
+    The LM head runs on those R positions only: with a real vocabulary, logits for the prompt
+    too would be most of the memory ([B, P+R, V] floats)."""
     ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
     P, R = prompt_ids.shape[1], resp_ids.shape[1]
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
-    return logits[:, P - 1:P - 1 + R].float()
+    hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    return model.get_output_embeddings()(hidden[:, P - 1:P - 1 + R]).float()
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -371,7 +408,7 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
     B = prompt_ids.shape[0]
     attn = prompt_mask.long()
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache, logits = out.past_key_values, out.logits[:, -1].float()
     next_pos = pos[:, -1:] + 1
     done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -109,7 +109,10 @@ def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: lis
         per_row.append(scores[k:k + len(s["outputs"])].tolist())
         k += len(s["outputs"])
     if labels == "consistency":
-        pairs, stats = spg.synthesize(samples, per_row, gamma, seed, cluster)
+        # each rank clusters its shard of P (an NLI model is the costly part) and every rank gets
+        # all the labels: the same clusters, hence the same pairs, on every rank
+        clusters = iter(dist.gather([cluster(samples[i]["outputs"]) for i in dist.shard(list(range(len(samples))))]))
+        pairs, stats = spg.synthesize(samples, per_row, gamma, seed, cluster=lambda outputs: next(clusters))
     elif labels == "reward":
         text_score = {id(s): dict(zip(s["outputs"], row)) for s, row in zip(samples, per_row)}
 

@@ -152,7 +152,8 @@ class Config:
     judge_model: str = opt("", "the judge for --eval-judge lm (a causal LM, like --model) or rm (a reward model "
                                "folder); empty = --model for lm, the run's Step-2 RM for rm")
     best_of_n: int = opt(16, "n for the Best-of-n baseline (ours; AlpacaFarm reports best-of-16)")
-    gen_batch: int = opt(500, "sequences per sampling/scoring chunk (ours; MEASURED.md: ~250 prompts is fastest)")
+    gen_batch: int = opt(0, "sequences per sampling/scoring/judging chunk; 0 = 500 for the built-in model (ours; "
+                            "MEASURED.md: ~250 prompts is fastest), 32 with --model (ours: memory of long sequences)")
 
     @property
     def builtin_data(self) -> bool:
@@ -177,6 +178,7 @@ class Config:
             self.prompt_style = "compact"  # a real model's default needs its tokenizer: resolve_prompt_style
         self.max_prompt_len = self.max_prompt_len or (192 if self.model else 32)
         self.max_response_len = self.max_response_len or (300 if self.model else 10)
+        self.gen_batch = self.gen_batch or (32 if self.model else 500)
         files = {"--sft-data": self.sft_data, "--pref-data": self.pref_data, "--unlabeled-data": self.unlabeled_data,
                  "--eval-data": self.eval_data}
         if any(files.values()):
@@ -197,6 +199,8 @@ class Config:
             raise SystemExit(f"error: --eval-judge must be auto, gold, lm or rm, got {self.eval_judge!r}")
         if self.eval_judge == "gold" and not self.builtin_data:
             raise SystemExit("error: --eval-judge gold knows only the built-in task; use lm or rm with your own data")
+        if self.eval_judge == "gold" and self.judge_model:
+            raise SystemExit("error: --judge-model is for --eval-judge lm or rm; the gold judge needs no model")
         if self.eval_judge == "lm" and not (self.judge_model or self.model):
             raise SystemExit("error: --eval-judge lm needs --judge-model (or --model): the built-in char-level model "
                              "cannot judge")
@@ -355,7 +359,58 @@ def stage_data(run: Run, dest: Path) -> None:
             models.encode_prompts(tokenizer, rows, cfg.prompt_style, cfg.max_prompt_len)
     for name, rows in splits.items():
         run.write_records(dest / f"{name}.jsonl", rows, where=not cfg.builtin_data)
+    if not cfg.builtin_data:
+        run.write_json(dest / "sources.json", data_sources(cfg))
     run.log("  " + ", ".join(f"{k}: {len(v)}" for k, v in splits.items()))
+
+
+def check_models(cfg: Config) -> None:
+    """Every model a requested stage will load, found (not loaded) before the first stage runs:
+    a typo in --nli-model must not surface after hours of SFT and PPO."""
+    import models
+    from transformers import AutoConfig
+    stages = {name for name, _ in plan(cfg)}
+    need = []  # (flag, name, kind)
+    if "rlp_reward_spg" in stages and cfg.synthetic_labels == "consistency":
+        if cfg.spg_cluster == "nli":
+            need.append(("--nli-model", cfg.nli_model, "nli"))
+        elif cfg.spg_cluster == "embedding":
+            need.append(("--embedding-model", cfg.embedding_model, "embedding"))
+    if "eval" in stages and cfg.eval_judge == "lm":
+        need.append(("--judge-model" if cfg.judge_model else "--model", cfg.judge_model or cfg.model, "lm"))
+    if "eval" in stages and cfg.eval_judge == "rm" and cfg.judge_model:
+        need.append(("--judge-model", cfg.judge_model, "rm"))
+    for flag, name, kind in need:
+        with models.loading(flag, name or "(all-MiniLM-L6-v2)"):
+            if kind == "embedding" and not name:
+                import similarity
+                similarity.default_embedding_model()
+            elif kind == "lm":
+                folder, gguf_file = models.resolve_model(name)
+                AutoConfig.from_pretrained(folder, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(folder)
+            else:
+                config = AutoConfig.from_pretrained(name)
+                if kind == "rm" and not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+                    raise ValueError(f"not a reward model (architectures: {config.architectures}); give a reward "
+                                     f"model folder, e.g. another run's reward/")
+
+
+def data_sources(cfg: Config) -> dict | None:
+    """Your data files, each with the SHA-256 of its contents (None for the built-in task). Saved in
+    config.json (a run folder is not silently reused after a file changed) and beside the data
+    stage's output (data/sources.json: `--force` redoes that stage when the files differ)."""
+    import hashlib
+    if cfg.builtin_data:
+        return None
+    files = {"sft": cfg.sft_data, "pref": cfg.pref_data, "unlabeled": cfg.unlabeled_data, "eval": cfg.eval_data}
+    return {name: {"path": path, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                   if Path(path).is_file() else None} for name, path in files.items()}
+
+
+def data_is_current(cfg: Config, out: Path) -> bool:
+    """The data stage's output was made from the files (or the built-in task) asked for now."""
+    saved = out / "data" / "sources.json"
+    return (json.loads(saved.read_text()) if saved.is_file() else None) == data_sources(cfg)
 
 
 def resolve_prompt_style(cfg: Config) -> None:
@@ -379,16 +434,16 @@ def stage_sft(run: Run, dest: Path, metrics) -> None:
     recs = run.records("sft", data.DEMO)
     if cfg.model:
         with models.loading("--model", cfg.model):
-            model, tokenizer = models.load_pretrained(cfg.model, run.device)
-        models.gradient_checkpointing(model, cfg.gradient_checkpointing)
+            model, tokenizer = models.load_pretrained(cfg.model, run.device, chat=cfg.prompt_style == "chat")
     else:
         tokenizer = models.build_char_tokenizer()
         model = models.new_tiny_llama(tokenizer, cfg.model_hidden, cfg.model_layers, cfg.model_heads,
                                       cfg.max_prompt_len + cfg.max_response_len, cfg.seed).to(run.device)
+    models.gradient_checkpointing(model, cfg.gradient_checkpointing)
     prompts = run.prompts(tokenizer, recs)
     responses = models.encode_responses(tokenizer, [r["output"] for r in recs], cfg.max_response_len)
     run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(recs)} demonstrations, "
-            f"prompt style {cfg.prompt_style}")
+            f"prompt style {cfg.prompt_style}, responses end with {tokenizer.eos_token}")
     train_sft(model, tokenizer, prompts, responses, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.sft_lr,
               warmup=cfg.sft_warmup, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, micro_batch=cfg.micro_batch,
               metrics=metrics, show=run.show)
@@ -596,7 +651,8 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
         judge_pairs = lambda recs, a, b: judge.judge_pairs(policy, tokenizer, recs, a, b, cfg.gen_batch)  # noqa: E731
     synthetic, stats = rlp.synthetic_preferences(
         rm_step2, tokenizer, samples, prompts, gamma=cfg.spg_gamma, max_response_len=cfg.max_response_len,
-        batch_size=cfg.gen_batch, seed=cfg.seed + 6, cluster=spg_clusterer(run), labels=cfg.synthetic_labels,
+        batch_size=cfg.gen_batch, seed=cfg.seed + 6, labels=cfg.synthetic_labels,
+        cluster=spg_clusterer(run) if cfg.synthetic_labels == "consistency" else None,
         judge_pairs=judge_pairs)
     del rm_step2, judge_pairs
     if cfg.builtin_data:  # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
@@ -672,13 +728,20 @@ def check_settings(cfg: Config, out: Path) -> dict:
     """The settings are saved with the run (config.json). A run folder made with other settings
     is not silently mixed with new ones: a difference is an error unless --force."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY}
+    settings["data_files"] = data_sources(cfg)  # contents, not only paths
     saved_path = out / "config.json"
     if saved_path.is_file() and not cfg.force:
         saved = json.loads(saved_path.read_text())
         saved = {k: v for k, v in saved.items() if k not in RUN_ONLY}
         diff = [f"--{k.replace('_', '-')}: {saved.get(k, '(not set)')} in the run, {settings.get(k, '(not set)')} now"
                 for k in sorted(set(saved) | set(settings))
-                if json.dumps(saved.get(k)) != json.dumps(settings.get(k))]  # as saved: NaN equals NaN
+                if json.dumps(saved.get(k)) != json.dumps(settings.get(k))  # as saved: NaN equals NaN
+                and k != "data_files"]
+        old_files, new_files = saved.get("data_files") or {}, settings["data_files"] or {}
+        changed = [f"{old_files[k]['path']}" for k in old_files if k in new_files and old_files[k] != new_files[k]
+                   and old_files[k]["path"] == new_files[k]["path"]]
+        if changed:
+            diff.append(f"data file contents changed since the run was made: {', '.join(changed)}")
         if diff:
             raise SystemExit(f"error: {out} was made with other settings:\n  " + "\n  ".join(diff) +
                              "\nuse another --out, the same settings, or --force to redo the requested stages "
@@ -715,6 +778,7 @@ def run_stages(cfg: Config, device) -> None:
     out = Path(cfg.out)
     check_world(cfg)
     resolve_prompt_style(cfg)
+    check_models(cfg)
     run = Run(cfg, device)
     lock = contextlib.nullcontext()
     if run.main:  # rank 0 owns the run folder: it locks it, checks and saves the settings
@@ -741,7 +805,8 @@ def run_plan(cfg: Config, run: Run, out: Path) -> None:
                 data.remove(out / name / CHECKPOINTS)  # a kill before a complete stage's checkpoints went
     t_all = time.time()
     for name, fn in todo:
-        done = dist.broadcast_object(data.is_complete(out, name))  # every rank takes rank 0's decision
+        done = data.is_complete(out, name) and (name != "data" or data_is_current(cfg, out))
+        done = dist.broadcast_object(done)  # every rank takes rank 0's decision
         redo = cfg.force and not (auto_data and name == "data")
         if done and not redo:
             run.log(f"[{name}] complete, skipped (--force to redo)")

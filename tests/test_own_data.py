@@ -296,3 +296,106 @@ def test_subword_text_round_trip(tiny):
     assert models.decode_responses(tok, r_ids, r_mask) == texts
     assert all(row[-1] == tok.eos_token_id for row in ids)
     assert torch.all(r_mask.sum(-1) == torch.tensor([len(row) for row in ids]))
+
+
+# ----------------------------------------------------------------------------- BOS, EOS and the judges
+
+def test_one_bos_in_chat_and_alpaca_prompts(tiny):
+    """A chat template writes its own BOS and the tokenizer adds none; an Alpaca prompt gets the
+    tokenizer's BOS; responses get none."""
+    rec = [{"instruction": "What do bees make?", "input": ""}]
+    for name, style in [("chat", "chat"), ("base", "alpaca")]:
+        tok = models.load_tokenizer(tiny[name])
+        [ids] = models.encode_prompts(tok, rec, style, 500)
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1, name
+        [resp] = models.encode_responses(tok, ["Bees make honey."], 50)
+        assert tok.bos_token_id not in resp and resp[-1] == tok.eos_token_id
+
+
+def test_responses_end_with_the_templates_end_of_turn(tmp_path):
+    """A tokenizer whose EOS is not the token its chat template ends answers with (as older
+    Llama-3-Instruct: <|end_of_text|> vs <|eot_id|>): EOS becomes the end-of-turn token, and the
+    pad token stays distinct from it."""
+    from tiny_models import bpe_tokenizer, prompt_corpus
+    tok = bpe_tokenizer(prompt_corpus(TEXTS), chat=True, eos="<|endoftext|>")
+    assert models.chat_turn_end(tok) == "<|im_end|>"
+    tok.save_pretrained(tmp_path)
+    plain = models.load_tokenizer(tmp_path)
+    assert plain.eos_token == "<|endoftext|>"
+    chat = models.load_tokenizer(tmp_path, turn_end_eos=True)
+    assert chat.eos_token == "<|im_end|>" and chat.pad_token_id not in (chat.eos_token_id, None)
+    [resp] = models.encode_responses(chat, ["Paris."], 20)
+    assert resp[-1] == chat.convert_tokens_to_ids("<|im_end|>")
+    base = bpe_tokenizer(prompt_corpus(TEXTS), chat=False)
+    assert models.chat_turn_end(base) is None and models.use_turn_end_as_eos(base) is None  # no template
+
+
+def judge_cfg(**kw):
+    import train
+    return train.Config(model="m", sft_data="a", pref_data="b", unlabeled_data="c", eval_data="d", **kw)
+
+
+def test_lm_judge_wins_go_to_the_policy(monkeypatch):
+    """The judge is asked (policy answer, reference) and 1 means the policy's answer won: a stub
+    judge that prefers the longer answer gives the long-answer policy 100% and the short one 0%."""
+    import evaluate
+    import judge
+    calls = []
+
+    def longer_wins(model, tok, records, first, second, batch_size):
+        calls.append((list(first), list(second)))
+        return [1 if len(a) > len(b) else 2 if len(b) > len(a) else 0 for a, b in zip(first, second)]
+    monkeypatch.setattr(models, "load_pretrained", lambda name, device: (None, None))
+    monkeypatch.setattr(judge, "judge_pairs", longer_wins)
+    recs = [{"instruction": "q", "input": ""}] * 3
+    reference = ["medium", "medium", "medium"]
+    name, wins = evaluate.judge_outputs(Path("."), recs, None, None, judge_cfg(), None,
+                                        {"long": ["a long answer"] * 3, "short": ["s"] * 3,
+                                         "mixed": ["a long answer", "s", "mediu!"]}, reference)
+    assert wins == {"long": [1.0] * 3, "short": [0.0] * 3, "mixed": [1.0, 0.0, 0.5]}
+    assert all(second == reference for _, second in calls)  # the reference is always the second answer
+    assert evaluate.win_stats(wins["mixed"])["ties"] == pytest.approx(1 / 3)
+
+
+def test_rm_judge_wins_go_to_the_higher_score(monkeypatch):
+    import evaluate
+    import torch
+    monkeypatch.setattr(models, "load_scorer", lambda path, device: None)
+    monkeypatch.setattr(models, "score_texts", lambda rm, tok, prompts, texts, max_len, batch:
+                        torch.tensor([float(len(t)) for t in texts]))
+    recs = [{"instruction": "q", "input": ""}] * 2
+    name, wins = evaluate.judge_outputs(Path("run"), recs, [[1], [1]], None, judge_cfg(eval_judge="rm"), None,
+                                        {"A": ["longer", "x"], "B": ["abc", "abc"]}, ["abc", "abc"])
+    assert name == "reward model run/reward"
+    assert wins == {"A": [1.0, 0.0], "B": [0.5, 0.5]}
+
+
+# ----------------------------------------------------------------------------- run folders and your files
+
+def test_a_changed_data_file_is_not_silently_reused(tmp_path, tiny):
+    paths = write_alpacafarm_jsonl(tmp_path)
+    out = tmp_path / "run"
+    args = ["--model", tiny["chat"], *data_args(paths), "--embedding-model", tiny["encoder"], "--stage", "data"]
+    train(out, args)
+    first = (out / "data" / "sft.jsonl").read_text()
+    recs = [json.loads(line) for line in paths["sft"].read_text().splitlines()]
+    recs[0]["output"] = "Paris, of course."
+    paths["sft"].write_text("".join(json.dumps(r) + "\n" for r in recs))
+    proc = train(out, args, check=False)  # same paths, new contents: refused
+    assert proc.returncode != 0 and f"data file contents changed since the run was made: {paths['sft']}" in proc.stderr
+    train(out, args + ["--force"])  # --force redoes the data stage from the new file
+    assert (out / "data" / "sft.jsonl").read_text() != first
+    assert "Paris, of course." in (out / "data" / "sft.jsonl").read_text()
+    sources = json.loads((out / "data" / "sources.json").read_text())
+    assert sources["sft"]["path"] == str(paths["sft"]) and len(sources["sft"]["sha256"]) == 64
+
+
+def test_models_of_later_stages_are_checked_before_the_first(tmp_path, tiny):
+    paths = write_alpacafarm_jsonl(tmp_path)
+    proc = train(tmp_path / "run", ["--model", tiny["chat"], *data_args(paths), "--spg-cluster", "nli",
+                                    "--nli-model", str(tmp_path / "no-nli")], check=False)
+    assert proc.returncode != 0 and f"error: --nli-model {tmp_path / 'no-nli'}: cannot load it" in proc.stderr
+    assert not (tmp_path / "run" / "data").exists()  # before any stage ran
+    proc = train(tmp_path / "run2", ["--model", tiny["chat"], *data_args(paths), "--eval-judge", "rm",
+                                     "--judge-model", tiny["chat"]], check=False)  # a causal LM is no RM
+    assert proc.returncode != 0 and "not a reward model" in proc.stderr

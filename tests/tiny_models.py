@@ -12,24 +12,28 @@ from transformers import (BertConfig, BertForSequenceClassification, BertModel, 
 
 import models
 
-# ChatML, the format of SmolLM2's template (shortened: no default system prompt)
-CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+# ChatML, the format of SmolLM2's template (shortened: no default system prompt), with a BOS as
+# Llama/Mistral templates write one: encode_prompts must not add a second
+CHATML = ("{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def bpe_tokenizer(corpus: list[str], chat: bool, vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `corpus` (lossless on any text, like GPT-2's). chat:
-    ChatML special tokens, EOS = <|im_end|> and a chat template; else a base model's <|endoftext|>
-    EOS and no template. No pad token: load_tokenizer must add one, as for most real models."""
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+def bpe_tokenizer(corpus: list[str], chat: bool, vocab_size: int = 400,
+                  eos: str | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus` (lossless on any text, like GPT-2's) that
+    starts every encoded text with a BOS <s> (as Llama's does). chat: ChatML special tokens,
+    EOS = <|im_end|> and a chat template; else a base model's <|endoftext|> EOS and no template.
+    No pad token: load_tokenizer must add one, as for most real models."""
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]
     tok = Tokenizer(tok_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(corpus, trainer)
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>" if chat else "<|endoftext|>",
-                                  bos_token="<|endoftext|>", clean_up_tokenization_spaces=False)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos or ("<|im_end|>" if chat else "<|endoftext|>"),
+                                  bos_token="<s>", clean_up_tokenization_spaces=False)
     if chat:
         out.chat_template = CHATML
     return out
