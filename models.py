@@ -347,10 +347,16 @@ def join(prompt_ids, prompt_mask, resp_ids, resp_mask):
 
 def response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
     """Logits that predict each response token: [B, R, V] (position P-1+t predicts token t).
-    The LM head runs on those R positions only: with a real vocabulary, logits for the prompt
-    too would be most of the memory ([B, P+R, V] floats)."""
+    Without gradients (sampling, rollouts, judging) the LM head runs on those R positions only:
+    with a real vocabulary, logits for the prompt too would be most of the memory ([B, P+R, V]
+    floats); the values are bitwise the same. Training forwards keep the full head: slicing
+    changes the float summation order of the backward pass, and with it every number of the
+    runs reported in README.md and RESULTS.md (use --micro-batch to bound their memory)."""
     ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
     P, R = prompt_ids.shape[1], resp_ids.shape[1]
+    if torch.is_grad_enabled():
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+        return logits[:, P - 1:P - 1 + R].float()
     hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     return model.get_output_embeddings()(hidden[:, P - 1:P - 1 + R]).float()
 
