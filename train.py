@@ -387,7 +387,8 @@ def check_models(cfg: Config) -> None:
                 similarity.default_embedding_model()
             elif kind == "lm":
                 folder, gguf_file = models.resolve_model(name)
-                AutoConfig.from_pretrained(folder, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(folder)
+                if not gguf_file:  # a GGUF file: resolve_model has already checked that it exists
+                    AutoConfig.from_pretrained(folder)
             else:
                 config = AutoConfig.from_pretrained(name)
                 if kind == "rm" and not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
