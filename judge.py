@@ -28,9 +28,8 @@ def judge_prompt(tokenizer, record: dict, a: str, b: str) -> str:
     tokenizer has one, else as plain text."""
     question = JUDGE_QUESTION.format(instruction=record["instruction"], a=a, b=b,
                                      input=f"Input: {record['input']}\n" if record.get("input") else "")
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                             add_generation_prompt=True) + JUDGE_ANSWER
+    if models.has_chat_template(tokenizer):
+        return models.chat_prompt(tokenizer, question) + JUDGE_ANSWER
     return question + "\n\n" + JUDGE_ANSWER
 
 
@@ -64,8 +63,8 @@ def judge_pairs(model, tokenizer, records: list[dict], first: list[str], second:
     for i in idx:
         prompts.append(judge_prompt(tokenizer, records[i], first[i], second[i]))
         prompts.append(judge_prompt(tokenizer, records[i], second[i], first[i]))
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    lp = option_logprobs(model, tokenizer, prompts, batch_size=batch_size, add_special_tokens=not chat)
+    lp = option_logprobs(model, tokenizer, prompts, batch_size=batch_size,
+                         add_special_tokens=not models.has_chat_template(tokenizer))
     labels = []
     for j in range(len(idx)):
         first_wins_ab = lp[2 * j, 0] > lp[2 * j, 1]  # asked as (A = first, B = second)

@@ -13,6 +13,7 @@ Conventions used everywhere in this repo (STYLE.md, "Tokens and masks"):
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -73,7 +74,7 @@ def load_tokenizer(path, gguf_file: str | None = None, turn_end_eos: bool = Fals
     """A checkpoint's tokenizer, left-padding. turn_end_eos (chat prompts): EOS becomes the token
     the chat template ends an answer with (`use_turn_end_as_eos`)."""
     tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(path)
-    if turn_end_eos and getattr(tok, "chat_template", None):
+    if turn_end_eos:
         use_turn_end_as_eos(tok)
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         # STYLE.md 1: a pad token distinct from EOS, or masks and rewards get confused.
@@ -104,6 +105,25 @@ def resolve_model(name: str) -> tuple[str, str | None]:
             raise SystemExit(f"error: --model {name}: no such file")
         return str(path.parent), path.name
     return name, None
+
+
+@functools.lru_cache(maxsize=4)
+def base_tokenizer(name: str):
+    """--model's own tokenizer (pad token added), read once per process: the run's start and the
+    data stage both need it. Callers must not change it."""
+    return load_tokenizer(*resolve_model(name))
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' warnings off for a block whose warnings are expected (a new score head, new
+    embedding rows)."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 @contextlib.contextmanager
@@ -147,12 +167,8 @@ def load_pretrained(name: str, device, chat: bool = False) -> tuple[torch.nn.Mod
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # the pad token we added
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # the note on how new rows are initialised
-        try:
+        with quiet_transformers():  # the note on how new rows are initialised
             model.resize_token_embeddings(len(tokenizer))
-        finally:
-            transformers.logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
     return no_dropout(model).to(device).eval(), tokenizer
 
@@ -189,12 +205,8 @@ def load_scorer(path, device, fresh_head: bool = False) -> torch.nn.Module:
     """A reward or value model: AutoModelForSequenceClassification with num_labels=1,
     the layout TRL and OpenRLHF expect. Built from a causal-LM checkpoint the score
     head is new; `fresh_head` zeroes it (the value model starts from the RM, STYLE.md 15)."""
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "newly initialised score head" is expected here
-    try:
+    with quiet_transformers():  # "newly initialised score head" is expected here
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
     if fresh_head:
         torch.nn.init.zeros_(model.score.weight)
         model.config.score_mean, model.config.score_std = 0.0, 1.0
@@ -231,18 +243,27 @@ def format_prompt(instruction: str, input: str, style: str, tokenizer=None) -> s
     if style == "alpaca":
         return (ALPACA_PROMPT if input else ALPACA_PROMPT_NO_INPUT).format(instruction=instruction, input=input)
     if style == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        if tokenizer is None or not has_chat_template(tokenizer):
             raise ValueError("prompt style 'chat' needs a tokenizer with a chat template")
-        content = f"{instruction}\n\n{input}" if input else instruction
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
+        return chat_prompt(tokenizer, f"{instruction}\n\n{input}" if input else instruction)
     raise ValueError(f"unknown prompt style {style!r}")
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer, content: str) -> str:
+    """One user turn holding `content`, then the assistant's turn opened, in the tokenizer's
+    chat template (as text; it carries its own special tokens)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def chat_turn_end(tokenizer) -> str | None:
     """The special token the chat template writes right after an assistant's answer (SmolLM2:
     <|im_end|>, Llama 3: <|eot_id|>, Gemma: <end_of_turn>), or None if it writes none."""
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(tokenizer):
         return None
     marker = "RLP-ANSWER-MARKER"
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
@@ -271,7 +292,7 @@ def use_turn_end_as_eos(tokenizer) -> str | None:
 
 def default_prompt_style(tokenizer) -> str:
     """--prompt-style auto for a real model: its chat template if it has one, else AlpacaFarm's."""
-    return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
+    return "chat" if has_chat_template(tokenizer) else "alpaca"
 
 
 def encode_prompts(tokenizer, records, style: str, max_len: int) -> list[list[int]]:

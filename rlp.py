@@ -111,8 +111,8 @@ def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: lis
     if labels == "consistency":
         # each rank clusters its shard of P (an NLI model is the costly part) and every rank gets
         # all the labels: the same clusters, hence the same pairs, on every rank
-        clusters = iter(dist.gather([cluster(samples[i]["outputs"]) for i in dist.shard(list(range(len(samples))))]))
-        pairs, stats = spg.synthesize(samples, per_row, gamma, seed, cluster=lambda outputs: next(clusters))
+        clusters = dist.gather([cluster(samples[i]["outputs"]) for i in dist.shard(list(range(len(samples))))])
+        pairs, stats = spg.synthesize(samples, per_row, gamma, seed, clusters)
     elif labels == "reward":
         text_score = {id(s): dict(zip(s["outputs"], row)) for s, row in zip(samples, per_row)}
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+import models
+
 # Ours, measured with all-MiniLM-L6-v2 (this module's SentenceEmbedder) on 37 hand-made pairs,
 # 18 paraphrases and 19 different answers to the same question. No threshold separates them all:
 # embeddings see topic, not truth, so a negation, a role swap or a changed number in a long
@@ -56,13 +58,6 @@ def default_embedding_model() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-def pick_device(device=None) -> torch.device:
-    """The device asked for, else the GPU when there is one."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def max_length(tokenizer, config) -> int | None:
     """Truncation length: the tokenizer's max length, capped by the model's position embeddings
     (a tokenizer without a limit reports a huge sentinel)."""
@@ -86,7 +81,7 @@ class NLIEntailment:
     """entails(pairs) -> [premise entails hypothesis] for each (premise, hypothesis)."""
 
     def __init__(self, name_or_path: str, device=None, batch_size: int = 32):
-        self.device = pick_device(device)
+        self.device = torch.device(device) if device is not None else models.pick_device()
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch.float32)
@@ -126,7 +121,7 @@ class SentenceEmbedder:
 
     def __init__(self, name_or_path: str | None = None, device=None, batch_size: int = 64):
         name_or_path = name_or_path or default_embedding_model()
-        self.device = pick_device(device)
+        self.device = torch.device(device) if device is not None else models.pick_device()
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         self.model = AutoModel.from_pretrained(name_or_path, dtype=torch.float32)

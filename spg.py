@@ -58,13 +58,13 @@ def preference_pair(outputs: Sequence[str], labels: Sequence[int], scores: Seque
 
 
 def synthesize(samples: list[dict], scores: list[list[float]], gamma: float, seed: int,
-               cluster: Callable[[Sequence[str]], list[int]]) -> tuple[list[dict], dict]:
+               clusters: list[list[int]]) -> tuple[list[dict], dict]:
     """D_hat in AlpacaFarm's preference format (preference = 1: output_1 is chosen), and
-    counts: how many instructions pass gamma, how many give a pair."""
+    counts: how many instructions pass gamma, how many give a pair. clusters[i]: the cluster
+    labels of samples[i]'s outputs (cluster_by_key, cluster_by_entailment, cluster_by_embedding)."""
     rng = random.Random(seed)
     pairs, passed = [], 0
-    for rec, sc in zip(samples, scores):
-        labels = cluster(rec["outputs"])
+    for rec, sc, labels in zip(samples, scores, clusters):
         passed += confidence(labels) >= gamma
         pair = preference_pair(rec["outputs"], labels, sc, gamma, rng)
         if pair is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import sys
@@ -156,9 +157,15 @@ class Config:
                             "MEASURED.md: ~250 prompts is fastest), 32 with --model (ours: memory of long sequences)")
 
     @property
+    def data_files(self) -> dict[str, str]:
+        """Your data file for each split ("" where none is given)."""
+        return {"sft": self.sft_data, "pref": self.pref_data, "unlabeled": self.unlabeled_data,
+                "eval": self.eval_data}
+
+    @property
     def builtin_data(self) -> bool:
         """No data files given: the built-in task, with its simulated annotator and gold judge."""
-        return not (self.sft_data or self.pref_data or self.unlabeled_data or self.eval_data)
+        return not any(self.data_files.values())
 
     def __post_init__(self):
         if self.stage not in STAGES + ["all"]:
@@ -179,10 +186,8 @@ class Config:
         self.max_prompt_len = self.max_prompt_len or (192 if self.model else 32)
         self.max_response_len = self.max_response_len or (300 if self.model else 10)
         self.gen_batch = self.gen_batch or (32 if self.model else 500)
-        files = {"--sft-data": self.sft_data, "--pref-data": self.pref_data, "--unlabeled-data": self.unlabeled_data,
-                 "--eval-data": self.eval_data}
-        if any(files.values()):
-            missing = [k for k, v in files.items() if not v]
+        if not self.builtin_data:
+            missing = [f"--{split}-data" for split, path in self.data_files.items() if not path]
             if missing:
                 raise SystemExit(f"error: with your own data give all of --sft-data, --pref-data, --unlabeled-data "
                                  f"and --eval-data; missing: {', '.join(missing)}")
@@ -351,10 +356,9 @@ def stage_data(run: Run, dest: Path) -> None:
     if cfg.builtin_data:
         splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval, cfg.sft_noise)
     else:
-        files = {"sft": cfg.sft_data, "pref": cfg.pref_data, "unlabeled": cfg.unlabeled_data, "eval": cfg.eval_data}
-        splits = {name: data.read_user_records(path, name) for name, path in files.items()}
+        splits = {name: data.read_user_records(path, name) for name, path in cfg.data_files.items()}
         with models.loading("--model", cfg.model):
-            tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
+            tokenizer = models.base_tokenizer(cfg.model)
         for rows in splits.values():
             models.encode_prompts(tokenizer, rows, cfg.prompt_style, cfg.max_prompt_len)
     for name, rows in splits.items():
@@ -400,12 +404,17 @@ def data_sources(cfg: Config) -> dict | None:
     """Your data files, each with the SHA-256 of its contents (None for the built-in task). Saved in
     config.json (a run folder is not silently reused after a file changed) and beside the data
     stage's output (data/sources.json: `--force` redoes that stage when the files differ)."""
-    import hashlib
     if cfg.builtin_data:
         return None
-    files = {"sft": cfg.sft_data, "pref": cfg.pref_data, "unlabeled": cfg.unlabeled_data, "eval": cfg.eval_data}
-    return {name: {"path": path, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                   if Path(path).is_file() else None} for name, path in files.items()}
+    return {name: {"path": path, "sha256": file_sha256(path)} for name, path in cfg.data_files.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def file_sha256(path: str) -> str | None:
+    """A file's SHA-256, read once per process (the settings check, the data stage's skip decision
+    and its output all need it); None for a missing file (the data stage then says so)."""
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
 
 
 def data_is_current(cfg: Config, out: Path) -> bool:
@@ -420,7 +429,7 @@ def resolve_prompt_style(cfg: Config) -> None:
     if cfg.prompt_style in ("auto", "chat") and cfg.model:
         import models
         with models.loading("--model", cfg.model):
-            tokenizer = models.load_tokenizer(*models.resolve_model(cfg.model))
+            tokenizer = models.base_tokenizer(cfg.model)
         style = models.default_prompt_style(tokenizer)
         if cfg.prompt_style == "chat" and style != "chat":
             raise SystemExit(f"error: --prompt-style chat, but the tokenizer of {cfg.model} has no chat template")

@@ -158,7 +158,7 @@ def test_synthesize_hand():
         {"instruction": "Reverse", "input": "ab", "outputs": ["a", "b", "a", "b"]},
     ]
     scores = [[0.1, 0.9, 5.0, 0.3], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.2, 0.1, 0.0]]
-    pairs, stats = spg.synthesize(samples, scores, gamma=0.5, seed=0, cluster=normalize_cluster)
+    pairs, stats = spg.synthesize(samples, scores, gamma=0.5, seed=0, clusters=[normalize_cluster(s["outputs"]) for s in samples])
     assert stats["instructions"] == 4
     assert stats["passed_gamma"] == 3
     assert stats["pairs"] == 2
@@ -169,7 +169,7 @@ def test_synthesize_hand():
     ]
     assert pairs[0]["_where"] == "p.jsonl:1"
     # the same seed gives the same set
-    again, _ = spg.synthesize(samples, scores, gamma=0.5, seed=0, cluster=normalize_cluster)
+    again, _ = spg.synthesize(samples, scores, gamma=0.5, seed=0, clusters=[normalize_cluster(s["outputs"]) for s in samples])
     assert again == pairs
 
 
@@ -177,7 +177,8 @@ def test_synthesize_select_all_gamma_zero():
     """Select-All ablation (gamma = 0): every instruction with at least two clusters gives a pair."""
     samples = [{"instruction": "Add", "input": str(i), "outputs": o}
                for i, o in enumerate([["1", "2", "3"], ["4", "4", "4"], ["5", "6", "6"]])]
-    pairs, stats = spg.synthesize(samples, [[0.0] * 3] * 3, gamma=0.0, seed=1, cluster=normalize_cluster)
+    pairs, stats = spg.synthesize(samples, [[0.0] * 3] * 3, gamma=0.0, seed=1,
+                                  clusters=[normalize_cluster(s["outputs"]) for s in samples])
     assert stats["passed_gamma"] == 3 and stats["pairs"] == 2
     assert Counter(p["input"] for p in pairs) == Counter(["0", "2"])
     assert pairs[1]["output_1"] == "6" and pairs[1]["output_2"] == "5"
