@@ -45,6 +45,12 @@ def init() -> torch.device:
     else:
         device = torch.device("cpu")
     if launched_by_torchrun() and not td.is_initialized():
+        # First imported after init_process_group, torch.distributed.fsdp (which transformers'
+        # modeling code imports) keeps references to the default group that destroy_process_group
+        # cannot drop; gloo's threads then outlive `close` and, now and then, abort a finished
+        # run at interpreter exit ("terminate called without an active exception", seen in CI).
+        # Imported first, it keeps none.
+        import torch.distributed.fsdp as _  # noqa: F401  (as _: a bare import would make `torch` local here)
         # rank 0 alone writes checkpoints and models while the others wait at a barrier: allow
         # it an hour (the default, 10 minutes for NCCL, is short for a large model's optimizer state)
         timeout = datetime.timedelta(minutes=60)

@@ -108,3 +108,38 @@ def test_single_process_collectives_are_identities():
     assert dist.all_sum([1.5, 2.0]).tolist() == [1.5, 2.0]
     assert dist.gather([3, 1, 2]) == [3, 1, 2]
     assert dist.rank_seed(7) == 7
+
+
+EXIT_SCRIPT = """
+import os, sys
+sys.path.insert(0, {root!r})
+import dist
+dist.init()
+import models  # transformers' modeling code, imported after the group exists (as train.py's stages do)
+dist.barrier()
+dist.close()
+names = []
+for t in os.listdir("/proc/self/task"):
+    try:
+        names.append(open(f"/proc/self/task/{{t}}/comm").read().strip())
+    except OSError:  # the thread ended meanwhile
+        pass
+open(os.path.join({out!r}, "threads_" + os.environ["RANK"]), "w").write("\\n".join(names))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux's /proc")
+def test_close_ends_the_gloo_threads(tmp_path):
+    """dist.close must really end the process group: gloo threads that outlive it are torn down
+    with the interpreter and, now and then, abort a finished run ("terminate called without an
+    active exception", seen in CI). torch.distributed.fsdp, which transformers imports, keeps
+    references to the group when it is first imported after init_process_group."""
+    script = tmp_path / "exit_worker.py"
+    script.write_text(EXIT_SCRIPT.format(root=str(ROOT), out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in ("0", "1"):
+        left = (tmp_path / f"threads_{rank}").read_text().split("\n")
+        assert not [n for n in left if "gloo" in n], f"rank {rank}: {left}"
