@@ -194,8 +194,8 @@ def judge_outputs(out_dir: Path, records, prompts, tokenizer, cfg, device, outpu
                                  f"give a reward model saved by this project (a run's reward/ folder)")
             rm_prompts = models.encode_prompts(rm_tok, records, models.default_prompt_style(rm_tok), cfg.max_prompt_len)
         else:
-            path, rm, rm_tok, rm_prompts = out_dir / "reward", models.load_scorer(out_dir / "reward", device), \
-                tokenizer, prompts
+            path = out_dir / "reward"
+            rm, rm_tok, rm_prompts = models.load_scorer(path, device), tokenizer, prompts
         score = lambda texts: models.score_texts(rm, rm_tok, rm_prompts, texts, cfg.max_response_len,  # noqa: E731
                                                  cfg.gen_batch)
         ref_scores = score(reference)

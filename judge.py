@@ -37,19 +37,30 @@ def judge_prompt(tokenizer, record: dict, a: str, b: str) -> str:
 def option_logprobs(model, tokenizer, prompts: list[str], options=OPTIONS, batch_size: int = 64,
                     add_special_tokens: bool = True) -> torch.Tensor:
     """[len(prompts), len(options)]: log p(option | prompt), summed over the option's tokens.
-    add_special_tokens=False for prompts that a chat template wrote (it has its own BOS)."""
+    Options of one token (" A" and " B" for most real tokenizers) all come from one forward over
+    the prompts; an option of several tokens (the built-in char tokenizer's " A") takes a forward
+    over prompt + option. add_special_tokens=False for prompts that a chat template wrote (it has
+    its own BOS)."""
     device = next(model.parameters()).device
     model.eval()
     p_ids = [tokenizer(p, add_special_tokens=add_special_tokens).input_ids for p in prompts]
     o_ids = [tokenizer(o, add_special_tokens=False).input_ids for o in options]
+    single = [k for k, opt in enumerate(o_ids) if len(opt) == 1]
     out = torch.zeros(len(prompts), len(options))
-    for k, opt in enumerate(o_ids):
-        for i in range(0, len(p_ids), batch_size):
-            ids, mask = models.left_pad(p_ids[i:i + batch_size], tokenizer.pad_token_id, device)
-            r_ids, r_mask = models.right_pad([opt] * len(ids), tokenizer.pad_token_id, device)
+    for i in range(0, len(p_ids), batch_size):
+        ids, mask = models.left_pad(p_ids[i:i + batch_size], tokenizer.pad_token_id, device)
+        rows = slice(i, i + len(ids))
+        if single:
             with models.autocast(device):
-                logits = models.response_logits(model, ids, mask, r_ids, r_mask)
-            out[i:i + len(ids), k] = (models.token_logprobs(logits.float(), r_ids, 1.0) * r_mask).sum(-1).cpu()
+                logits = models.next_token_logits(model, ids, mask)
+            logp = torch.log_softmax(logits.float(), -1)
+            out[rows, single] = logp[:, [o_ids[k][0] for k in single]].cpu()
+        for k, opt in enumerate(o_ids):
+            if len(opt) > 1:
+                r_ids, r_mask = models.right_pad([opt] * len(ids), tokenizer.pad_token_id, device)
+                with models.autocast(device):
+                    logits = models.response_logits(model, ids, mask, r_ids, r_mask)
+                out[rows, k] = (models.token_logprobs(logits.float(), r_ids, 1.0) * r_mask).sum(-1).cpu()
     return out
 
 

@@ -382,6 +382,13 @@ def response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torc
     return model.get_output_embeddings()(hidden[:, P - 1:P - 1 + R]).float()
 
 
+def next_token_logits(model, prompt_ids, prompt_mask) -> torch.Tensor:
+    """Logits for the token after each left-padded prompt: [B, V], the LM head on the last
+    position only (positions as in `join`)."""
+    ids, attn, pos = join(prompt_ids, prompt_mask, prompt_ids[:, :0], prompt_mask[:, :0])  # no response
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(logits / T) at the chosen tokens; the same T as the sampler (STYLE.md 3)."""
     return torch.log_softmax(logits / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

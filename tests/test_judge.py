@@ -17,11 +17,14 @@ def policy(tok):
     return models.new_tiny_llama(tok, 32, 2, 2, 64, seed=0).eval()
 
 
-def test_option_logprobs_match_a_full_forward(tok, policy):
-    prompts = ["Add 1 2 = A or B? Response", "Sort 3 1 2 ="]
-    got = judge.option_logprobs(policy, tok, prompts, batch_size=1)
+# the char tokenizer makes " A" two tokens and "A" one: options of several tokens, of one, and mixed
+@pytest.mark.parametrize("options", [judge.OPTIONS, ("A", "B"), ("A", " B")])
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_option_logprobs_match_a_full_forward(tok, policy, options, batch_size):
+    prompts = ["Add 1 2 = A or B? Response", "Sort 3 1 2 =", "Add 9 ="]
+    got = judge.option_logprobs(policy, tok, prompts, options=options, batch_size=batch_size)
     for i, p in enumerate(prompts):
-        for k, opt in enumerate(judge.OPTIONS):
+        for k, opt in enumerate(options):
             p_ids, o_ids = tok(p).input_ids, tok(opt, add_special_tokens=False).input_ids
             ids = torch.tensor([p_ids + o_ids])
             with torch.no_grad():
