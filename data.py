@@ -38,7 +38,14 @@ def parse_records(path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # one line naming the file and line, like every other bad record
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}); save the "
+                        f"file as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path}:1: the file is empty")
     items: list[tuple[str, object]] = []

@@ -1,7 +1,8 @@
 """Evaluation: win-rate of every policy against a reference answer per instruction.
 
 Policies: SFT, Best-of-n (n SFT samples ranked by the Step-2 RM), PPO (Step 3), RLP-UML and
-RLP-SPG (Step 5). Each answers every evaluation instruction once at the evaluation temperature
+RLP-SPG (Step 5), and on the built-in task PPO (gold reward): the same PPO on the gold judge's
+score, the ceiling a perfect reward model would give. Each answers every evaluation instruction once at the evaluation temperature
 (paper: 0.7) and is compared with ONE fixed reference output per instruction: the evaluation
 file's `output` when it has one (AlpacaFarm's eval set holds text-davinci-003's), else an SFT
 sample drawn once with its own seed (our stand-in), so that SFT's own win-rate is about 50%.
@@ -29,6 +30,10 @@ import dist
 import models
 import reward
 import task
+
+
+GOLD_PPO = "PPO (gold reward)"  # stage ppo_gold: PPO on the gold judge's score, the ceiling of a perfect RM
+POLICIES = ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG", GOLD_PPO]  # the order of every table
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -111,8 +116,10 @@ def evaluate(out_dir: Path, records, cfg, device, show: bool = True) -> tuple[di
     gen = dict(max_new_tokens=cfg.max_response_len, batch_size=cfg.gen_batch, show=show)
     T = cfg.eval_temperature
 
+    # the order fixes each policy's sampling seed (seed + 2000 + its index): new ones go last
     policies = {"SFT": out_dir / "sft", "PPO": out_dir / "ppo" / "policy",
-                "RLP-UML": out_dir / "rlp_ppo_uml" / "policy", "RLP-SPG": out_dir / "rlp_ppo_spg" / "policy"}
+                "RLP-UML": out_dir / "rlp_ppo_uml" / "policy", "RLP-SPG": out_dir / "rlp_ppo_spg" / "policy",
+                GOLD_PPO: out_dir / "ppo_gold" / "policy"}
     policies = {k: v for k, v in policies.items() if (v / "config.json").is_file()}
     rms = {"Step-2 RM": out_dir / "reward", "RLP-UML RM": out_dir / "rlp_reward_uml",
            "RLP-SPG RM": out_dir / "rlp_reward_spg"}
@@ -154,7 +161,7 @@ def evaluate(out_dir: Path, records, cfg, device, show: bool = True) -> tuple[di
     if "reference" not in outputs:
         raise SystemExit(f"error: eval needs a reference: the evaluation file's 'output' fields, or the SFT policy "
                          f"({out_dir / 'sft'})")
-    names = [name for name in ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"] if name in outputs]
+    names = [name for name in POLICIES if name in outputs]
     results = {"n_eval": len(records), "eval_temperature": T, "best_of_n": cfg.best_of_n, "judge": cfg.eval_judge,
                "reference": "the evaluation file's outputs" if given_reference else
                "one SFT sample per instruction at the evaluation temperature (seed + 1000)",

@@ -443,7 +443,8 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
     attn = prompt_mask.long()
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    # `cache` (in and out) is the KV cache's name since transformers 5.x deprecated `past_key_values`
+    cache, logits = out.cache, out.logits[:, -1].float()
     next_pos = pos[:, -1:] + 1
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
@@ -463,9 +464,8 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
         if done.all():
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], 1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
-                    use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1].float()
         next_pos = next_pos + 1
     ids = torch.stack(tokens, 1)
     mask = response_mask(ids, eos_id)

@@ -148,13 +148,23 @@ class PPOConfig:
     checkpoint_keep: int = 2  # checkpoints kept on disk
 
 
+class TextReward:
+    """A reward computed from the response text instead of a reward model: `score(records, texts)`
+    -> one float per response. Stage ppo_gold uses the built-in task's gold judge this way (the
+    ceiling a perfect RM would give); PPO treats it exactly like an RM's score."""
+
+    def __init__(self, score: Callable[[list[dict], list[str]], list[float]]):
+        self.score = score
+
+
 @torch.no_grad()
 def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PPOConfig, kl_coef: float,
-            generator: torch.Generator) -> dict:
+            generator: torch.Generator, records: list[dict] | None = None) -> dict:
     """Sample, score and shape one batch (this rank's prompts); everything the update needs, no
-    gradients. Reward and advantage whitening use statistics over every rank's rollouts."""
+    gradients. Reward and advantage whitening use statistics over every rank's rollouts.
+    `rm` is a reward model, or a TextReward that scores the decoded texts of `records`' responses."""
     device = next(policy.parameters()).device
-    for m in (policy, ref, rm, value):
+    for m in (policy, ref, value) + ((rm,) if isinstance(rm, torch.nn.Module) else ()):
         m.eval()
     p_ids, p_mask = models.left_pad(prompts, tokenizer.pad_token_id, device)
     with autocast(device):
@@ -165,7 +175,11 @@ def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PP
                                          cfg.temperature) * mask
         ref_logprobs = models.token_logprobs(models.response_logits(ref, p_ids, p_mask, r_ids, mask), r_ids,
                                              cfg.temperature) * mask
-        scores = models.sequence_scores(rm, p_ids, p_mask, r_ids, mask)
+        if isinstance(rm, TextReward):
+            texts = models.decode_responses(tokenizer, r_ids, mask)
+            scores = torch.tensor(rm.score(records, texts), dtype=torch.float32, device=device)
+        else:
+            scores = models.sequence_scores(rm, p_ids, p_mask, r_ids, mask)
         values = models.token_values(value, p_ids, p_mask, r_ids, mask) * mask
     has_eos = ((r_ids == tokenizer.eos_token_id).float() * mask).sum(-1) > 0
     rm_scores = scores.clone()
@@ -257,7 +271,7 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
     `checkpoint_dir`, a resumable checkpoint is saved every cfg.checkpoint_every iterations and
     the loop resumes from the latest one found there."""
     device = next(policy.parameters()).device
-    for m in (ref, rm):
+    for m in (ref,) + ((rm,) if isinstance(rm, torch.nn.Module) else ()):
         m.requires_grad_(False)  # frozen: no optimizer state, no gradients (STYLE.md 15)
     dist.per_rank(cfg.rollout_batch, "--rollout-batch")
     dist.per_rank(cfg.step_batch, "--step-batch")
@@ -309,7 +323,8 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
     for it in bar:
         idx = batches.next()
         local = dist.shard(idx)  # this rank's prompts of the global rollout batch
-        batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in local], cfg, kl.value, generator)
+        batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in local], cfg, kl.value, generator,
+                        records=[records[i] for i in local])
         lr = optimizer.param_groups[0]["lr"]
         row = update(policy, value, optimizer, batch, cfg, shuffle_rng)
         sched.step()

@@ -17,6 +17,8 @@ resumes from the last complete stage, or from the last PPO checkpoint):
                 or your preference file                                   -> prefs/prefs.jsonl
     reward      Step 2, Bradley-Terry reward model from SFT               -> reward/
     ppo         Step 3, PPO from SFT against the Step-2 RM                -> ppo/policy, ppo/value
+    ppo_gold    the same PPO on the gold judge's score: the ceiling a perfect RM
+                would give (built-in task only; skipped with your own data) -> ppo_gold/policy
     rlp_reward  Step 4, policy samples P, then the RM re-learned (Eq. 1) -> rlp_samples/, rlp_reward_{uml,spg}/
     rlp_ppo     Step 5, PPO from SFT against each re-learned RM          -> rlp_ppo_{uml,spg}/
     eval        win-rate and gold score of every policy, RM accuracy     -> eval/results.{json,md}
@@ -37,7 +39,7 @@ from pathlib import Path
 # --embedding-threshold's default; similarity.py says how it was measured (a test checks they agree)
 EMBEDDING_THRESHOLD = 0.8
 
-STAGES = ["data", "sft", "prefs", "reward", "ppo", "rlp_reward", "rlp_ppo", "eval"]
+STAGES = ["data", "sft", "prefs", "reward", "ppo", "ppo_gold", "rlp_reward", "rlp_ppo", "eval"]
 
 
 def opt(default, help: str):
@@ -202,6 +204,9 @@ class Config:
             self.eval_judge = "gold" if self.builtin_data else "lm"
         if self.eval_judge not in ("gold", "lm", "rm"):
             raise SystemExit(f"error: --eval-judge must be auto, gold, lm or rm, got {self.eval_judge!r}")
+        if self.stage == "ppo_gold" and not self.builtin_data:
+            raise SystemExit("error: --stage ppo_gold needs the built-in task's gold judge; with your own data there "
+                             "is no gold reward to optimise")
         if self.eval_judge == "gold" and not self.builtin_data:
             raise SystemExit("error: --eval-judge gold knows only the built-in task; use lm or rm with your own data")
         if self.eval_judge == "gold" and self.judge_model:
@@ -530,9 +535,10 @@ def stage_reward(run: Run, dest: Path, metrics) -> None:
     run.save_model(rm, tokenizer, dest)
 
 
-def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
+def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str, reward=None) -> None:
     """Steps 3 and 5: PPO from SFT (also the frozen reference) against the RM in rm_dir;
-    the value model starts from that RM with a zeroed head."""
+    the value model starts from that RM with a zeroed head. `reward` (a ppo.TextReward)
+    replaces the RM's score, with the value model still started from rm_dir (stage ppo_gold)."""
     import data
     import models
     from ppo import PPOConfig, train_ppo
@@ -540,7 +546,7 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
     tokenizer = run.tokenizer()
     sft_dir = data_require(run, "sft")
     policy, ref = run.policy(sft_dir, train=True), models.load_policy(sft_dir, run.device)
-    rm = models.load_scorer(rm_dir, run.device)
+    rm = reward if reward is not None else models.load_scorer(rm_dir, run.device)
     value = run.scorer(rm_dir, fresh_head=True, train=True)
     recs = run.records("unlabeled", data.INSTRUCTION)
     pcfg = PPOConfig(iterations=cfg.ppo_iterations, rollout_batch=cfg.rollout_batch, step_batch=cfg.step_batch,
@@ -560,6 +566,24 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
 
 def stage_ppo(run: Run, dest: Path, metrics) -> None:
     run_ppo(run, data_require(run, "reward"), dest, metrics, "ppo")
+
+
+def stage_ppo_gold(run: Run, dest: Path, metrics) -> None:
+    """PPO exactly as Step 3, with the gold judge's score in place of the Step-2 RM's (built-in
+    task only): the ceiling a perfect RM would give, against which eval measures how much of it
+    each learned RM recovers. The gold score is normalised like every RM (mean 0, std 1 on the
+    Step-1 SFT samples, STYLE.md 7), so the KL coefficient means the same; the value model starts
+    from the Step-2 RM, as Step 3's does."""
+    import statistics
+    import data
+    from ppo import TextReward
+    gold = run.gold()
+    prefs = data.read_records(data_require(run, "prefs") / "prefs.jsonl", data.PREFERENCE)
+    sft_gold = [gold(r, r[k]) for r in prefs for k in ("output_1", "output_2")]
+    mean, std = statistics.fmean(sft_gold), max(statistics.pstdev(sft_gold), 1e-6)
+    metrics.log(gold_mean=mean, gold_std=std)
+    reward = TextReward(lambda records, outs: [(gold(r, t) - mean) / std for r, t in zip(records, outs)])
+    run_ppo(run, data_require(run, "reward"), dest, metrics, "ppo-gold", reward=reward)
 
 
 def stage_rlp_samples(run: Run, dest: Path, metrics) -> None:
@@ -716,6 +740,8 @@ def plan(cfg: Config) -> list[tuple[str, object]]:
         "prefs": [("prefs", stage_prefs)],
         "reward": [("reward", stage_reward)],
         "ppo": [("ppo", stage_ppo)],
+        # the gold-reward ceiling needs the built-in task's judge: skipped with your own data
+        "ppo_gold": [("ppo_gold", stage_ppo_gold)] if cfg.builtin_data else [],
         "rlp_reward": [("rlp_samples", stage_rlp_samples)] + [
             (f"rlp_reward_{m}", {"uml": stage_rlp_uml, "spg": stage_rlp_spg}[m]) for m in methods],
         "rlp_ppo": [(f"rlp_ppo_{m}", stage_rlp_ppo(m)) for m in methods],
@@ -726,7 +752,7 @@ def plan(cfg: Config) -> list[tuple[str, object]]:
 
 
 CHECKPOINTS = "checkpoints"  # PPO's resumable checkpoints, inside the stage's .partial folder
-PPO_STAGES = {"ppo", "rlp_ppo_uml", "rlp_ppo_spg"}
+PPO_STAGES = {"ppo", "ppo_gold", "rlp_ppo_uml", "rlp_ppo_spg"}
 
 
 def all_stage_dirs() -> list[str]:

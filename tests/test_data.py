@@ -44,6 +44,17 @@ def test_malformed_line_names_file_and_line(tmp_path):
     assert f"{path}:3:" in msg and "malformed" in msg.lower()
 
 
+@pytest.mark.parametrize("bad, line, column", [(b"\xff", 1, 1), (b"caf\xe9", 3, 4)])
+def test_not_utf8_names_file_and_line(tmp_path, bad, line, column):
+    # a Latin-1 byte on line 3 (or 1), not a bare UnicodeDecodeError traceback
+    lines = [json.dumps(DEMO).encode()] * 2 + [bad] if line == 3 else [bad]
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    msg = error_of(path, data.DEMO)
+    assert msg.startswith(f"{path}:{line}: not UTF-8") and f"column {column}" in msg and f"0x{bad[-1]:02x}" in msg
+    assert "\n" not in msg
+
+
 def test_missing_field_names_field_and_line(tmp_path):
     bad = {k: v for k, v in PREF.items() if k != "output_2"}
     path = write_lines(tmp_path / "pref.jsonl", [json.dumps(PREF), json.dumps(bad)])

@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
-STAGE_DIRS = ["data", "sft", "prefs", "reward", "ppo", "rlp_samples", "rlp_reward_uml", "rlp_reward_spg",
+STAGE_DIRS = ["data", "sft", "prefs", "reward", "ppo", "ppo_gold", "rlp_samples", "rlp_reward_uml", "rlp_reward_spg",
               "rlp_ppo_uml", "rlp_ppo_spg", "eval"]
 
 
@@ -42,7 +42,7 @@ def check_complete(run_dir):
     for name in STAGE_DIRS[1:]:
         rows = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
         assert rows and "stage_seconds" in rows[-1], name
-    for name in ["ppo", "rlp_ppo_uml", "rlp_ppo_spg"]:  # one log row per iteration, in order, none twice
+    for name in ["ppo", "ppo_gold", "rlp_ppo_uml", "rlp_ppo_spg"]:  # one log row per iteration, in order, none twice
         rows = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
         assert [r["iteration"] for r in rows if "iteration" in r] == list(range(6)), name
 
@@ -88,7 +88,7 @@ def test_data_files_in_alpacafarm_format(run_dir):
 
 def test_results(run_dir):
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert list(results["policies"]) == ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"]
+    assert list(results["policies"]) == ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG", "PPO (gold reward)"]
     for row in results["policies"].values():
         assert 0 <= row["win_rate"] <= 100 and 0 <= row["gold_score"] <= 1
     assert set(results["rm_accuracy"]) == {"Step-2 RM", "RLP-UML RM", "RLP-SPG RM"}
@@ -100,6 +100,32 @@ def test_results(run_dir):
     ppo_rows = [json.loads(l) for l in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()]
     for key in ["score", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "response_len", "gold"]:
         assert key in ppo_rows[0], key
+
+
+def test_ppo_on_the_gold_reward(run_dir):
+    """Stage ppo_gold: PPO's score is the gold judge's (normalised on the Step-1 SFT samples like an
+    RM), and it trains the policy from SFT."""
+    from safetensors.torch import load_file
+    import task
+    rows = [json.loads(l) for l in (run_dir / "ppo_gold" / "metrics.jsonl").read_text().splitlines()]
+    norm = rows[0]
+    prefs = [json.loads(l) for l in (run_dir / "prefs" / "prefs.jsonl").read_text().splitlines()]
+    gold = [task.gold_score(r["instruction"], r["input"], r[k]) for r in prefs for k in ("output_1", "output_2")]
+    mean = sum(gold) / len(gold)
+    assert norm["gold_mean"] == pytest.approx(mean)
+    assert norm["gold_std"] == pytest.approx((sum((g - mean) ** 2 for g in gold) / len(gold)) ** 0.5)
+    its = [r for r in rows if "iteration" in r]
+    for r in its:  # the rollouts' score is their mean gold score, normalised
+        assert r["score"] == pytest.approx((r["gold"] - norm["gold_mean"]) / norm["gold_std"], abs=1e-6)
+    sft, pol = load_file(run_dir / "sft" / "model.safetensors"), load_file(run_dir / "ppo_gold" / "policy" / "model.safetensors")
+    assert any(not torch_equal(sft[k], pol[k]) for k in sft)  # it trained
+    ppo = load_file(run_dir / "ppo" / "policy" / "model.safetensors")
+    assert any(not torch_equal(ppo[k], pol[k]) for k in ppo)  # on another reward than Step 3's
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return torch.equal(a, b)
 
 
 def test_all_skips_complete_stages(run_dir):
@@ -190,7 +216,7 @@ def test_two_processes_run_every_stage(run_dir, run_dir2):
     assert proc.stdout.count("[sft] done") == 1  # only rank 0 logs
     assert "processes=2" in proc.stdout
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert list(results["policies"]) == ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"]
+    assert list(results["policies"]) == ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG", "PPO (gold reward)"]
     assert results["n_eval"] == 32 and len((tmp_path / "eval" / "outputs.jsonl").read_text().splitlines()) == 32
     import data
     assert len(data.read_records(tmp_path / "rlp_samples" / "P.jsonl", data.SAMPLES)) == 64  # gathered, once

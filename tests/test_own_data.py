@@ -86,6 +86,7 @@ STAGE_DIRS = ["data", "sft", "prefs", "reward", "ppo", "rlp_samples", "rlp_rewar
 def check_run(out: Path, style: str, judge: str, reference: str):
     for name in STAGE_DIRS:
         assert (out / name / "DONE").is_file(), name
+    assert not (out / "ppo_gold").exists()  # no gold judge for your own data: the gold-reward PPO is skipped
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["prompt_style"] == style  # resolved once and saved with the run
     # Step 1 used the file's labels: chosen first, as AlpacaFarm's preference field says
@@ -149,6 +150,17 @@ def test_bad_record_stops_the_run_naming_file_line_and_field(tmp_path, tiny):
     assert not (tmp_path / "run" / "data").exists()  # nothing half-written
 
 
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, tiny):
+    paths = write_alpacafarm_jsonl(tmp_path)
+    raw = paths["sft"].read_bytes().split(b"\n")
+    raw[1] = raw[1].replace(b"}", b', "note": "caf\xe9"}')  # Latin-1, as a spreadsheet export might write it
+    paths["sft"].write_bytes(b"\n".join(raw))
+    proc = train(tmp_path / "run", ["--model", tiny["chat"], *data_args(paths)], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {paths['sft']}:2: not UTF-8 text (byte 0xe9")
+    assert not (tmp_path / "run" / "data").exists()  # nothing half-written
+
+
 def test_prompt_too_long_names_the_users_file_and_line(tmp_path, tiny):
     paths = write_alpacafarm_jsonl(tmp_path)
     recs = [json.loads(line) for line in paths["unlabeled"].read_text().splitlines()]
@@ -166,6 +178,12 @@ def test_a_model_that_cannot_be_loaded_is_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match="error: --nli-model x: cannot load it"):
         with models.loading("--nli-model", "x"):
             raise OSError("x is not a local folder")
+
+
+def test_ppo_on_gold_is_an_error_with_your_own_data(tmp_path, tiny):
+    paths = write_alpacafarm_jsonl(tmp_path)
+    proc = train(tmp_path / "run", ["--model", tiny["chat"], *data_args(paths), "--stage", "ppo_gold"], check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --stage ppo_gold needs")
 
 
 def test_missing_data_files_and_builtin_model_are_clear_errors(tmp_path, tiny):

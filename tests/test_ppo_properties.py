@@ -95,6 +95,19 @@ def test_sample_logprobs_equal_each_prompt_alone(tok, policy):
         torch.testing.assert_close(gen_lp[i, :L], lp[0], atol=1e-5, rtol=0)
 
 
+def test_sample_uses_no_deprecated_transformers_argument(tok, policy, capfd):
+    """The sampler passes the KV cache as `cache` (transformers 5.x deprecated `past_key_values`,
+    to be removed in 5.40): no FutureWarning, and no deprecation line from transformers' logger."""
+    import warnings
+    import transformers
+    transformers.logging.set_verbosity_warning()
+    p_ids, p_mask = models.left_pad(prompt_ids(tok), tok.pad_token_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning raised while sampling fails the test
+        models.sample(policy, p_ids, p_mask, 4, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(0))
+    assert "deprecated" not in capfd.readouterr().err
+
+
 def test_sample_greedy_is_argmax(tok, policy):
     p_ids, p_mask = models.left_pad(prompt_ids(tok), tok.pad_token_id)
     r_ids, _, mask = models.sample(policy, p_ids, p_mask, 6, 0.0, tok.eos_token_id, tok.pad_token_id)
@@ -254,3 +267,26 @@ def test_rollout_and_first_ratio(tok, policy, temperature):
     assert stats["first_ratio"] == pytest.approx(1.0, abs=1e-5)
     assert any(not torch.equal(a, b) for a, b in zip(before, pol.parameters()))  # it did train
     assert stats["approx_kl"] > 0  # later minibatches see a moved policy
+
+
+def test_rollout_with_a_text_reward_scores_each_records_text(tok, policy):
+    """ppo.TextReward (stage ppo_gold): each rollout's score is the function of its own record and
+    its decoded response text, and it enters the returns exactly as an RM's score would."""
+    pol = eos_biased(policy, tok.eos_token_id, bias=2.0)
+    value = scorer_from(policy, seed=2)
+    records = [{"instruction": t, "input": str(i)} for i, t in enumerate(TEXTS)]
+    seen = []
+
+    def score(recs, texts):
+        seen.append((recs, texts))
+        return [10.0 * int(r["input"]) + len(t) for r, t in zip(recs, texts)]
+
+    cfg = tiny_cfg()
+    batch = ppo.rollout(pol, copy.deepcopy(pol), ppo.TextReward(score), value, tok, prompt_ids(tok), cfg, cfg.kl_coef,
+                        torch.Generator().manual_seed(0), records=records)
+    recs, texts = seen[0]
+    assert recs == records and texts == models.decode_responses(tok, batch["r_ids"], batch["mask"])
+    want = torch.tensor([10.0 * i + len(t) for i, t in enumerate(texts)])
+    assert torch.equal(batch["rm_scores"], want)
+    returns = want[:, None].expand_as(batch["mask"]) * batch["mask"]  # gamma = lam = 1, KL = 0 (policy = ref)
+    torch.testing.assert_close(batch["returns"], returns, atol=1e-4, rtol=1e-5)
