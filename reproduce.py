@@ -1,21 +1,23 @@
 """The paper's evidence, reproduced on the built-in task: one command writes RESULTS.md and figures/.
 
-    python reproduce.py                  # everything (about 45 min on a 2-core CPU)
-    python reproduce.py --tiny           # the same runs with a tiny config (a smoke test, ~1 min)
+    python reproduce.py                  # everything (see RESULTS.md for its wall time on a 2-core CPU)
+    python reproduce.py --tiny           # the same runs with a tiny config (a smoke test, ~2 min)
 
 Runs, all under --runs (default runs/reproduce); a run whose eval is complete is skipped, so a
 killed reproduction continues where it stopped (and train.py resumes inside a run):
-  seed{S}       the whole pipeline with --seed S                     main table, off-distribution claim
-  uml_{loss}    RLP-UML with --uml-loss mvi / infomax / contrastive  Table 4 (mib is seed0)
-  spg_{labels}  RLP-SPG with Select-All (gamma 0), reward, rlaif     Table 5 (consistency is seed0)
-  gamma_{g}, n_{n}, lambda_{l}                                       sensitivity (0.5 / 10 / 0.5 are seed0)
-A variant starts as a copy of seed 0's finished stages that its settings do not change (every
-stage before Step 4; for n, before the set P) and train.py runs the rest. Ablations and
-sensitivity use seed 0 only (the time budget); the main table is over every --seeds.
+  seed{S}            the whole pipeline with --seed S              main table, paired differences, RM accuracy
+  uml_{loss}.seed{S} RLP-UML with --uml-loss mvi / infomax / contrastive       Table 4 (mib is seed{S})
+  spg_{labels}.seed{S} RLP-SPG with Select-All (gamma 0), reward, rlaif        Table 5 (consistency is seed{S})
+  gamma_{g}.seed{S}, n_{n}.seed{S}, lambda_{l}.seed{S}   sensitivity (0.5 / 10 / 0.5 are seed{S})
+A variant starts as a copy of seed S's finished stages that its settings do not change (every
+stage before Step 4; for n, before the set P) and train.py runs the rest. The main table uses
+every --seeds (default 5), Tables 4 and 5 the first --ablation-seeds of them (default 3), the
+sensitivity sweeps the first --sensitivity-seeds (default 1): the 90-minute budget.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -27,25 +29,33 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-POLICIES = ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG"]
+POLICIES = ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG", "PPO (gold reward)"]  # evaluate.POLICIES
+GOLD_PPO = "PPO (gold reward)"
+# (a, b) whose per-seed difference a - b the report gives with its 95% interval over seeds
+PAIRED = [("PPO", "SFT"), ("RLP-UML", "PPO"), ("RLP-SPG", "PPO"), (GOLD_PPO, "PPO"), ("Best-of-n", "SFT"),
+          ("RLP-SPG", "RLP-UML")]
+# the packages whose versions decide the numbers (requirements.txt pins them; a test checks they agree)
+PACKAGES = ["torch", "transformers", "tokenizers", "safetensors", "numpy"]
 TINY = ["--n-sft", "200", "--n-pref", "64", "--n-unlabeled", "64", "--n-eval", "32", "--sft-steps", "30",
         "--ppo-iterations", "4", "--rollout-batch", "32", "--step-batch", "16", "--rlp-n", "4", "--best-of-n", "4",
         "--model-hidden", "32", "--model-layers", "2", "--model-heads", "2", "--rm-epochs", "1"]
-BEFORE_STEP4 = ["data", "sft", "prefs", "reward", "ppo", "rlp_samples"]
 
-# name: (seed-0 stages copied, train.py flags)
+BEFORE_STEP4 = ["data", "sft", "prefs", "reward", "ppo", "ppo_gold", "rlp_samples"]
+
+# name: (group, stages copied from the seed's main run, train.py flags); group "ablation" runs on
+# --ablation-seeds, "sensitivity" on --sensitivity-seeds
 VARIANTS = {
-    "uml_mvi": (BEFORE_STEP4, ["--method", "uml", "--uml-loss", "mvi"]),
-    "uml_infomax": (BEFORE_STEP4, ["--method", "uml", "--uml-loss", "infomax"]),
-    "uml_contrastive": (BEFORE_STEP4, ["--method", "uml", "--uml-loss", "contrastive"]),
-    "spg_select_all": (BEFORE_STEP4, ["--method", "spg", "--spg-gamma", "0"]),
-    "spg_reward": (BEFORE_STEP4, ["--method", "spg", "--synthetic-labels", "reward"]),
-    "spg_rlaif": (BEFORE_STEP4, ["--method", "spg", "--synthetic-labels", "rlaif"]),
-    "gamma_0.3": (BEFORE_STEP4, ["--method", "spg", "--spg-gamma", "0.3"]),
-    "gamma_0.7": (BEFORE_STEP4, ["--method", "spg", "--spg-gamma", "0.7"]),
-    "n_4": (BEFORE_STEP4[:-1], ["--rlp-n", "4"]),
-    "lambda_0.1": (BEFORE_STEP4, ["--method", "uml", "--uml-lambda", "0.1"]),
-    "lambda_1": (BEFORE_STEP4, ["--method", "uml", "--uml-lambda", "1"]),
+    "uml_mvi": ("ablation", BEFORE_STEP4, ["--method", "uml", "--uml-loss", "mvi"]),
+    "uml_infomax": ("ablation", BEFORE_STEP4, ["--method", "uml", "--uml-loss", "infomax"]),
+    "uml_contrastive": ("ablation", BEFORE_STEP4, ["--method", "uml", "--uml-loss", "contrastive"]),
+    "spg_select_all": ("ablation", BEFORE_STEP4, ["--method", "spg", "--spg-gamma", "0"]),
+    "spg_reward": ("ablation", BEFORE_STEP4, ["--method", "spg", "--synthetic-labels", "reward"]),
+    "spg_rlaif": ("ablation", BEFORE_STEP4, ["--method", "spg", "--synthetic-labels", "rlaif"]),
+    "gamma_0.3": ("sensitivity", BEFORE_STEP4, ["--method", "spg", "--spg-gamma", "0.3"]),
+    "gamma_0.7": ("sensitivity", BEFORE_STEP4, ["--method", "spg", "--spg-gamma", "0.7"]),
+    "n_4": ("sensitivity", BEFORE_STEP4[:-1], ["--rlp-n", "4"]),
+    "lambda_0.1": ("sensitivity", BEFORE_STEP4, ["--method", "uml", "--uml-lambda", "0.1"]),
+    "lambda_1": ("sensitivity", BEFORE_STEP4, ["--method", "uml", "--uml-lambda", "1"]),
 }
 
 # Student-t 97.5% quantiles for a 95% interval over a few seeds (df = seeds - 1)
@@ -117,15 +127,48 @@ def fmt(mean: float, ci: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
 
+# ----------------------------------------------------------------------------- statistics
+
+def paired_differences(a: list[float], b: list[float]) -> dict:
+    """Per-seed differences a_s - b_s of two methods run on the same seeds (same data, SFT model and
+    reference answers), their mean with a 95% Student-t interval over seeds, and in how many seeds
+    a is higher. Pairing removes what the seeds share, so this is the comparison to trust, not two
+    separate intervals."""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, ci = mean_ci(diffs)
+    return {"diffs": diffs, "mean": mean, "ci": ci, "higher": sum(d > 0 for d in diffs), "n": len(diffs)}
+
+
+def win_rates(runs: list[Path], policy: str) -> list[float]:
+    return [read(r / "eval" / "results.json")["policies"][policy]["win_rate"] for r in runs]
+
+
+def has_policy(runs: list[Path], policy: str) -> bool:
+    return all(policy in read(r / "eval" / "results.json")["policies"] for r in runs)
+
+
 # ----------------------------------------------------------------------------- tables
 
 def main_table(seed_runs: list[Path]) -> str:
-    rows = ["| method | win-rate vs reference (%) | mean gold score | per seed (win-rate) |", "|---|---|---|---|"]
-    for name in POLICIES:
-        wins = [read(r / "eval" / "results.json")["policies"][name]["win_rate"] for r in seed_runs]
-        gold = [read(r / "eval" / "results.json")["policies"][name]["gold_score"] for r in seed_runs]
+    rows = ["| method | win-rate vs reference (%) | mean gold score | exact accuracy (%) | per seed (win-rate) |",
+            "|---|---|---|---|---|"]
+    for name in [p for p in POLICIES if has_policy(seed_runs, p)]:
+        res = [read(r / "eval" / "results.json")["policies"][name] for r in seed_runs]
+        wins, gold, acc = ([x[k] for x in res] for k in ("win_rate", "gold_score", "accuracy"))
         rows.append(f"| {name} | {fmt(*mean_ci(wins))} | {fmt(*mean_ci(gold), digits=3)} | "
-                    f"{', '.join(f'{w:.1f}' for w in wins)} |")
+                    f"{fmt(*mean_ci([100 * x for x in acc]))} | {', '.join(f'{w:.1f}' for w in wins)} |")
+    return "\n".join(rows)
+
+
+def paired_table(seed_runs: list[Path]) -> str:
+    rows = ["| difference (win-rate points) | mean ± 95% interval over seeds | higher in | per seed |",
+            "|---|---|---|---|"]
+    for a, b in PAIRED:
+        if not (has_policy(seed_runs, a) and has_policy(seed_runs, b)):
+            continue
+        d = paired_differences(win_rates(seed_runs, a), win_rates(seed_runs, b))
+        rows.append(f"| {a} − {b} | {d['mean']:+.1f} ± {d['ci']:.1f} | {d['higher']} of {d['n']} seeds | "
+                    f"{', '.join(f'{x:+.1f}' for x in d['diffs'])} |")
     return "\n".join(rows)
 
 
@@ -142,62 +185,105 @@ def rm_table(seed_runs: list[Path]) -> str:
     return "\n".join(rows)
 
 
-def policy_row(run: Path, policy: str) -> str:
-    r = read(run / "eval" / "results.json")["policies"][policy]
-    return f"{r['win_rate']:.1f} ± {r['win_rate_ci']:.1f} | {r['gold_score']:.3f}"
-
-
-def rm_acc(run: Path, rm: str, source: str) -> str:
-    acc = read(run / "eval" / "results.json")["rm_accuracy"][rm][source]
-    return f"{100 * acc['accuracy']:.1f} (n={acc['pairs']})"
-
-
-def uml_table(runs: dict[str, Path], first: str = "representation loss") -> str:
-    rows = [f"| {first} | RLP-UML win-rate (%) | gold score | UML RM accuracy on PPO samples (%) |",
-            "|---|---|---|---|"]
-    for label, run in runs.items():
-        rows.append(f"| {label} | {policy_row(run, 'RLP-UML')} | {rm_acc(run, 'RLP-UML RM', 'PPO')} |")
+def variant_table(kind: str, variants: dict[str, list[Path]], base: str) -> str:
+    """Table 4 (kind uml) or Table 5 / the gamma sweep (kind spg) over seeds: each row's runs are
+    one per seed, in the order of the seeds; `base` names the row every other row is paired with."""
+    policy, rm = ("RLP-UML", "RLP-UML RM") if kind == "uml" else ("RLP-SPG", None)
+    head = ("| variant | RLP-UML win-rate (%) | gold score | UML RM accuracy on PPO samples (%) | − " + base + " |"
+            if kind == "uml" else
+            "| variant | pairs | label accuracy vs gold (%) | RLP-SPG win-rate (%) | gold score | − " + base + " |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for label, runs in variants.items():
+        wins = win_rates(runs, policy)
+        gold = [read(r / "eval" / "results.json")["policies"][policy]["gold_score"] for r in runs]
+        d = paired_differences(wins, win_rates(variants[base], policy))
+        diff = "–" if label == base else f"{d['mean']:+.1f} ± {d['ci']:.1f}"
+        cells = [fmt(*mean_ci(wins)), fmt(*mean_ci(gold), digits=3)]
+        if kind == "uml":
+            accs = [100 * read(r / "eval" / "results.json")["rm_accuracy"][rm]["PPO"]["accuracy"] for r in runs]
+            cells.append(fmt(*mean_ci(accs)))
+        else:
+            pairs = [stage_metric(r, "rlp_reward_spg", "pairs") for r in runs]
+            accs = [stage_metric(r, "rlp_reward_spg", "label_accuracy_gold") for r in runs]
+            ties = [stage_metric(r, "rlp_reward_spg", "no_preference") for r in runs]
+            acc = (fmt(*mean_ci([100 * a for a in accs])) if all(a is not None for a in accs) else
+                   f"n/a: no pairs ({sum(t or 0 for t in ties) / len(runs):.0f} judged ties per seed)")
+            cells = [f"{sum(pairs) / len(pairs):.0f}", acc] + cells
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(rows)
 
 
-def spg_table(runs: dict[str, Path], first: str = "synthetic labels") -> str:
-    rows = [f"| {first} | pairs | label accuracy vs gold (%) | RLP-SPG win-rate (%) | gold score |",
-            "|---|---|---|---|---|"]
-    for label, run in runs.items():
-        acc = stage_metric(run, "rlp_reward_spg", "label_accuracy_gold")
-        pairs = stage_metric(run, "rlp_reward_spg", "pairs")
-        none = stage_metric(run, "rlp_reward_spg", "no_preference")
-        cell = f"{100 * acc:.1f}" if acc is not None else f"n/a: no pairs ({none} judged ties)" if none else "n/a"
-        rows.append(f"| {label} | {pairs} | {cell} | "
-                    f"{policy_row(run, 'RLP-SPG')} |")
-    return "\n".join(rows)
+def curve_change(seed_runs: list[Path], stage: str) -> tuple[int, dict] | None:
+    """(k, {key: (mean of the first k iterations, of the last k)}) of a PPO stage's rollouts, mean over seeds."""
+    if not all((run / stage / "metrics.jsonl").is_file() for run in seed_runs):
+        return None
+    curves = [[r for r in metrics(run / stage / "metrics.jsonl") if "iteration" in r] for run in seed_runs]
+    k = max(1, min(5, min(len(c) for c in curves) // 4))
+    out = {}
+    for key in ("score", "gold", "kl"):
+        head = sum(sum(r[key] for r in c[:k]) / k for c in curves) / len(curves)
+        tail = sum(sum(r[key] for r in c[-k:]) / k for c in curves) / len(curves)
+        out[key] = (head, tail)
+    return k, out
 
 
 def findings(seed_runs: list[Path]) -> str:
-    """Plain statements computed from the numbers: the benchmark's premise, then the orderings."""
+    """Plain statements computed from the numbers: the benchmark's premise, then the paired differences."""
     res = [read(r / "eval" / "results.json") for r in seed_runs]
     n = len(res)
     lines = []
-    for stage, label in [("ppo", "PPO (Step 3)"), ("rlp_ppo_uml", "RLP-UML (Step 5)"), ("rlp_ppo_spg", "RLP-SPG (Step 5)")]:
-        curves = [[r for r in metrics(run / stage / "metrics.jsonl") if "iteration" in r] for run in seed_runs]
-        k = max(1, min(5, min(len(c) for c in curves) // 4))
-        avg = lambda key, part: sum(sum(r[key] for r in part(c)) / k for c in curves) / n  # noqa: E731
-        head, tail = (lambda c: c[:k]), (lambda c: c[-k:])
-        lines.append(f"- {label}: the RM score of the rollouts goes from {avg('score', head):.2f} to "
-                     f"{avg('score', tail):.2f}, their gold score from {avg('gold', head):.3f} to "
-                     f"{avg('gold', tail):.3f}, the KL to SFT from {avg('kl', head):.1f} to {avg('kl', tail):.1f} "
-                     f"nats (first vs last {k} iterations, mean over seeds).")
+    for stage, label in [("ppo", "PPO (Step 3)"), ("ppo_gold", "PPO on the gold reward"),
+                         ("rlp_ppo_uml", "RLP-UML (Step 5)"), ("rlp_ppo_spg", "RLP-SPG (Step 5)")]:
+        change = curve_change(seed_runs, stage)
+        if change is None:
+            continue
+        k, c = change
+        lines.append(f"- {label}: the score it optimises goes from {c['score'][0]:.2f} to {c['score'][1]:.2f}, the "
+                     f"rollouts' gold score from {c['gold'][0]:.3f} to {c['gold'][1]:.3f}, the KL to SFT from "
+                     f"{c['kl'][0]:.1f} to {c['kl'][1]:.1f} nats (first vs last {k} iterations, mean over seeds).")
     acc = lambda rm, src: sum(100 * r["rm_accuracy"][rm][src]["accuracy"] for r in res) / n  # noqa: E731
-    lines.append(f"- The Step-2 RM is {acc('Step-2 RM', 'SFT'):.1f}% accurate on SFT samples and "
-                 f"{acc('Step-2 RM', 'PPO'):.1f}% on PPO samples; on PPO samples the RLP-UML RM is "
-                 f"{acc('RLP-UML RM', 'PPO'):.1f}% and the RLP-SPG RM {acc('RLP-SPG RM', 'PPO'):.1f}% (mean over seeds).")
-    for a, b in [("RLP-UML", "PPO"), ("RLP-SPG", "PPO"), ("RLP-SPG", "RLP-UML"), ("PPO", "SFT"), ("RLP-UML", "SFT"),
-                 ("RLP-SPG", "SFT"), ("Best-of-n", "SFT")]:
-        diffs = [r["policies"][a]["win_rate"] - r["policies"][b]["win_rate"] for r in res]
-        wins = sum(d > 0 for d in diffs)
-        mean, ci = mean_ci(diffs)
-        lines.append(f"- {a} vs {b}: higher win-rate in {wins} of {n} seeds; difference {mean:+.1f} ± {ci:.1f} points.")
+    step2 = paired_differences([100 * r["rm_accuracy"]["Step-2 RM"]["PPO"]["accuracy"] for r in res],
+                               [100 * r["rm_accuracy"]["Step-2 RM"]["SFT"]["accuracy"] for r in res])
+    lines.append(f"- The premise: the Step-2 RM is {acc('Step-2 RM', 'SFT'):.1f}% accurate on SFT samples and "
+                 f"{acc('Step-2 RM', 'PPO'):.1f}% on PPO samples (paired difference {step2['mean']:+.1f} ± "
+                 f"{step2['ci']:.1f} points, lower in {n - step2['higher']} of {n} seeds); on PPO samples the RLP-UML "
+                 f"RM is {acc('RLP-UML RM', 'PPO'):.1f}% and the RLP-SPG RM {acc('RLP-SPG RM', 'PPO'):.1f}% accurate "
+                 f"(mean over seeds).")
+    for a, b in PAIRED:
+        if not (has_policy(seed_runs, a) and has_policy(seed_runs, b)):
+            continue
+        d = paired_differences(win_rates(seed_runs, a), win_rates(seed_runs, b))
+        verdict = ("above 0" if d["mean"] - d["ci"] > 0 else "below 0" if d["mean"] + d["ci"] < 0
+                   else "includes 0")
+        lines.append(f"- {a} − {b}: {d['mean']:+.1f} ± {d['ci']:.1f} win-rate points (95% interval over {n} seeds "
+                     f"{verdict}); higher in {d['higher']} of {n} seeds.")
+    if has_policy(seed_runs, GOLD_PPO):
+        sft, ppo, gold = (sum(win_rates(seed_runs, p)) / n for p in ("SFT", "PPO", GOLD_PPO))
+        for name in ("RLP-UML", "RLP-SPG"):
+            if has_policy(seed_runs, name) and gold != ppo:
+                got = sum(win_rates(seed_runs, name)) / n
+                lines.append(f"- {name} recovers {100 * (got - ppo) / (gold - ppo):+.0f}% of the gap between PPO on the "
+                             f"Step-2 RM ({ppo:.1f}) and PPO on the gold reward ({gold:.1f}) (mean win-rates; SFT {sft:.1f}).")
     return "\n".join(lines)
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of the packages that decide the numbers (PACKAGES)."""
+    return {name: importlib.metadata.version(name).split("+")[0] for name in PACKAGES}
+
+
+def versions_table(versions: dict[str, str]) -> str:
+    return "| package | version |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in versions.items())
+
+
+def read_versions_table(text: str) -> dict[str, str]:
+    """The package table of a RESULTS.md (versions_table's format), for the check against requirements.txt."""
+    out = {}
+    for line in text.split("## Package versions", 1)[-1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] in PACKAGES:
+            out[cells[0]] = cells[1]
+    return out
 
 
 # ----------------------------------------------------------------------------- figures
@@ -210,14 +296,17 @@ def figures(seed_runs: list[Path], out_dir: Path) -> list[str]:
     names = []
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for stage, label in [("ppo", "PPO (Step-2 RM)"), ("rlp_ppo_uml", "RLP-UML"), ("rlp_ppo_spg", "RLP-SPG")]:
+    for stage, label in [("ppo", "PPO (Step-2 RM)"), ("ppo_gold", "PPO (gold reward)"), ("rlp_ppo_uml", "RLP-UML"),
+                         ("rlp_ppo_spg", "RLP-SPG")]:
+        if not all((run / stage / "metrics.jsonl").is_file() for run in seed_runs):
+            continue
         curves = [[r for r in metrics(run / stage / "metrics.jsonl") if "iteration" in r] for run in seed_runs]
         n = min(len(c) for c in curves)
         for ax, key in zip(axes, ["gold", "score"]):
             ys = [sum(c[i][key] for c in curves) / len(curves) for i in range(n)]
             ax.plot(range(n), ys, label=label)
     axes[0].set_title("gold score of the rollouts")
-    axes[1].set_title("RM score of the rollouts (the RM each run optimises)")
+    axes[1].set_title("score each run optimises (its RM, or the gold)")
     for ax in axes:
         ax.set_xlabel("PPO iteration")
         ax.legend()
@@ -257,10 +346,16 @@ def hardware() -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the main table (default 0 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="seeds of the main table (default 0 1 2 3 4)")
+    p.add_argument("--ablation-seeds", type=int, default=3, help="Tables 4 and 5 run on the first N seeds (default 3)")
+    p.add_argument("--sensitivity-seeds", type=int, default=1, help="the sensitivity sweeps run on the first N seeds "
+                                                                   "(default 1)")
     p.add_argument("--runs", default="runs/reproduce", help="folder of the runs (default runs/reproduce)")
     p.add_argument("--results", default="RESULTS.md", help="report to write (default RESULTS.md)")
     p.add_argument("--figures", default="figures", help="folder of the PNG figures (default figures)")
+    p.add_argument("--tuning", default=str(ROOT / "TUNING.md"), help="the tuning record included in the report "
+                                                                     "(default TUNING.md)")
     p.add_argument("--tiny", action="store_true", help="a tiny config: checks the script, not the paper")
     args = p.parse_args(argv)
     runs = Path(args.runs)
@@ -271,24 +366,31 @@ def main(argv=None) -> None:
     seconds = {}
     for s in args.seeds:
         seconds[f"seed{s}"] = train(runs / f"seed{s}", ["--seed", str(s), *common], log)
-    base = runs / f"seed{args.seeds[0]}"
-    for name, (stages, flags) in VARIANTS.items():
-        start_variant(base, runs / name, stages)
-        seconds[name] = train(runs / name, ["--seed", str(args.seeds[0]), *common, *flags], log)
+    groups = {"ablation": args.seeds[:args.ablation_seeds], "sensitivity": args.seeds[:args.sensitivity_seeds]}
+    for name, (group, stages, flags) in VARIANTS.items():
+        for s in groups[group]:
+            start_variant(runs / f"seed{s}", runs / f"{name}.seed{s}", stages)
+            seconds[f"{name}.seed{s}"] = train(runs / f"{name}.seed{s}", ["--seed", str(s), *common, *flags], log)
     wall = time.time() - t0
 
     seed_runs = [runs / f"seed{s}" for s in args.seeds]
-    v = lambda name: runs / name  # noqa: E731
+    v = lambda name, group: [runs / f"{name}.seed{s}" for s in groups[group]]  # noqa: E731
+    base = lambda group: [runs / f"seed{s}" for s in groups[group]]  # noqa: E731
+    seeds_of = lambda group: ", ".join(map(str, groups[group]))  # noqa: E731
     pics = figures(seed_runs, Path(args.figures))
     fig_rel = os.path.relpath(args.figures, Path(args.results).parent or ".")
     command = "python reproduce.py" + (" --tiny" if args.tiny else "") + \
-        ("" if args.seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, args.seeds)))
+        ("" if args.seeds == [0, 1, 2, 3, 4] else " --seeds " + " ".join(map(str, args.seeds)))
+    tuning = Path(args.tuning).read_text().strip() if Path(args.tuning).is_file() else "(no tuning record)"
+    n4 = v("n_4", "sensitivity")
     report = f"""# Results on the built-in task
 
 Produced by `{command}`: {sum(seconds.values()) / 60:.1f} min of wall time in all (the sum of the
-runs' own wall times; this last invocation took {wall / 60:.1f} min) on: {hardware()}. {len(args.seeds)} seeds for the main table ({', '.join(map(str, args.seeds))}); the
-ablations and the sensitivity use seed {args.seeds[0]}. Every number below is read from the runs in
-`{runs}` (`eval/results.json`, `*/metrics.jsonl`).
+runs' own wall times; this last invocation took {wall / 60:.1f} min) on: {hardware()}. {len(args.seeds)} seeds for the
+main table ({', '.join(map(str, args.seeds))}); Tables 4 and 5 use seeds {seeds_of("ablation")}, the sensitivity sweeps
+seed(s) {seeds_of("sensitivity")}. Every number below is read from the runs in `{runs}` (`eval/results.json`,
+`*/metrics.jsonl`). The settings are `train.py`'s defaults, chosen as the tuning section says (on other seeds, looking
+only at SFT, Best-of-n, PPO and PPO on the gold reward).
 
 ## Findings, computed from the numbers below
 
@@ -297,9 +399,18 @@ ablations and the sensitivity use seed {args.seeds[0]}. Every number below is re
 ## Main table (paper Table 2)
 
 Win-rate against one fixed SFT reference output per evaluation instruction, judged by the gold
-judge (tie = half), and mean gold score. ± = 95% Student-t interval over seeds.
+judge (tie = half), mean gold score and exact accuracy. ± = 95% Student-t interval over seeds.
+"PPO (gold reward)" is the same PPO with the gold judge's score in place of the Step-2 RM's: the
+ceiling a perfect reward model would give.
 
 {main_table(seed_runs)}
+
+## Paired differences over seeds
+
+Each method minus another on the same seed (same data, SFT model, preferences and reference
+answers), then the mean and 95% Student-t interval of those differences over the seeds.
+
+{paired_table(seed_runs)}
 
 ## Reward-model accuracy on policy samples (the off-distribution claim)
 
@@ -308,41 +419,56 @@ instruction from each policy; mean ± 95% interval over seeds.
 
 {rm_table(seed_runs)}
 
-## Representation loss for RLP-UML (paper Table 4), seed {args.seeds[0]}
+## Representation loss for RLP-UML (paper Table 4), seeds {seeds_of("ablation")}
 
-± = 95% interval over evaluation instructions (one seed).
+Mean ± 95% interval over seeds; the last column is the paired difference with MIB.
 
-{uml_table({"MIB (the paper's L_M)": base, "MVI: I(z_1; z_2) only": v("uml_mvi"),
-            "InfoMax: I(v; z) only": v("uml_infomax"), "contrastive (InfoNCE)": v("uml_contrastive")})}
+{variant_table("uml", {"MIB (the paper's L_M)": base("ablation"), "MVI: I(z_1; z_2) only": v("uml_mvi", "ablation"),
+                       "InfoMax: I(v; z) only": v("uml_infomax", "ablation"),
+                       "contrastive (InfoNCE)": v("uml_contrastive", "ablation")}, "MIB (the paper's L_M)")}
 
-## Synthetic preferences for RLP-SPG (paper Table 5), seed {args.seeds[0]}
+## Synthetic preferences for RLP-SPG (paper Table 5), seeds {seeds_of("ablation")}
 
-{spg_table({"SPG (self-consistency, gamma 0.5)": base, "Select-All (gamma 0)": v("spg_select_all"),
-            "Reward (Step-2 RM ranks two samples)": v("spg_reward"), "RLAIF (the policy judges)": v("spg_rlaif")})}
+{variant_table("spg", {"SPG (self-consistency, gamma 0.5)": base("ablation"),
+                       "Select-All (gamma 0)": v("spg_select_all", "ablation"),
+                       "Reward (Step-2 RM ranks two samples)": v("spg_reward", "ablation"),
+                       "RLAIF (the policy judges)": v("spg_rlaif", "ablation")}, "SPG (self-consistency, gamma 0.5)")}
 
-## Sensitivity, seed {args.seeds[0]}
+## Sensitivity, seeds {seeds_of("sensitivity")}
 
 SPG confidence threshold gamma:
 
-{spg_table({"gamma 0": v("spg_select_all"), "gamma 0.3": v("gamma_0.3"), "gamma 0.5": base,
-            "gamma 0.7": v("gamma_0.7")}, "gamma")}
+{variant_table("spg", {"gamma 0.3": v("gamma_0.3", "sensitivity"), "gamma 0.5": base("sensitivity"),
+                       "gamma 0.7": v("gamma_0.7", "sensitivity")}, "gamma 0.5")}
 
 Samples per instruction n (both methods):
 
-| n | RLP-UML win-rate | gold | RLP-SPG win-rate | gold | SPG pairs |
-|---|---|---|---|---|---|
-| 4 | {policy_row(v("n_4"), "RLP-UML")} | {policy_row(v("n_4"), "RLP-SPG")} | {stage_metric(v("n_4"), "rlp_reward_spg", "pairs")} |
-| 10 | {policy_row(base, "RLP-UML")} | {policy_row(base, "RLP-SPG")} | {stage_metric(base, "rlp_reward_spg", "pairs")} |
+| n | RLP-UML win-rate (%) | RLP-SPG win-rate (%) | SPG pairs |
+|---|---|---|---|
+| 4 | {fmt(*mean_ci(win_rates(n4, "RLP-UML")))} | {fmt(*mean_ci(win_rates(n4, "RLP-SPG")))} | {sum(stage_metric(r, "rlp_reward_spg", "pairs") for r in n4) / len(n4):.0f} |
+| 10 | {fmt(*mean_ci(win_rates(base("sensitivity"), "RLP-UML")))} | {fmt(*mean_ci(win_rates(base("sensitivity"), "RLP-SPG")))} | {sum(stage_metric(r, "rlp_reward_spg", "pairs") for r in base("sensitivity")) / len(n4):.0f} |
 
 UML weight lambda:
 
-{uml_table({"lambda 0.1": v("lambda_0.1"), "lambda 0.5": base, "lambda 1": v("lambda_1")}, "lambda")}
+{variant_table("uml", {"lambda 0.1": v("lambda_0.1", "sensitivity"), "lambda 0.5": base("sensitivity"),
+                       "lambda 1": v("lambda_1", "sensitivity")}, "lambda 0.5")}
 
 ## Figures
 
 ![over-optimisation]({fig_rel}/{pics[0]})
 
 ![RM accuracy]({fig_rel}/{pics[1]})
+
+## How the settings were chosen
+
+{tuning}
+
+## Package versions
+
+The numbers above were made with these versions (`requirements.txt` pins the same; a test checks
+that they agree):
+
+{versions_table(package_versions())}
 
 ## Wall time of each run
 

@@ -21,20 +21,21 @@ import hashlib
 import random
 
 TASKS = ("Add", "Reverse", "Sort")
+ALL_TASKS = ("Add", "Reverse", "Sort", "Order", "Descend")
 LETTERS = "abcdefgh"
 
 
-def make_problem(rng: random.Random) -> tuple[str, str]:
-    kind = rng.choice(TASKS)
+def make_problem(rng: random.Random, tasks: tuple[str, ...] = TASKS) -> tuple[str, str]:
+    kind = rng.choice(tasks)
     if kind == "Add":
         return kind, f"{rng.randint(0, 99)} {rng.randint(0, 99)}"
-    if kind == "Reverse":
+    if kind in ("Reverse", "Order"):
         return kind, "".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 7)))
     return kind, " ".join(str(rng.randint(0, 9)) for _ in range(rng.randint(4, 7)))
 
 
 def solve(instruction: str, input: str) -> str:
-    """The right answer, already normalised."""
+    """The right answer, already normalised (`normalize(answer, instruction) == answer`)."""
     if instruction == "Add":
         a, b = map(int, input.split())
         return str(a + b)
@@ -45,14 +46,24 @@ def solve(instruction: str, input: str) -> str:
         return input[::-1]
     if instruction == "Sort":
         return "".join(sorted(input.split()))
+    if instruction == "Descend":
+        return "".join(sorted(input.split(), reverse=True))
+    if instruction == "Order":
+        return "".join(sorted(input))
     raise ValueError(f"the built-in judge does not know the instruction {instruction!r}")
 
 
-def normalize(text: str) -> str:
-    """Canonical form of an answer: no spaces, lower case, no leading zeros on numbers.
-    SPG's default clustering groups outputs with equal normalised answers."""
+NUMERIC = ("Add", "Subtract")  # answers that are numbers: "019" is 19
+
+
+def normalize(text: str, instruction: str | None = None) -> str:
+    """Canonical form of an answer: no spaces, lower case, and for a number (Add, Subtract) no
+    leading zeros. Digit strings of the other tasks keep their zeros: "0237" is the sorted answer
+    to "Sort 3 0 7 2" and "237" is a wrong one (before this rule they were equal, so the gold
+    judge never counted a sorted answer starting with 0 as correct). SPG's default clustering
+    groups outputs with equal normalised answers."""
     t = "".join(text.split()).lower()
-    if t.isdigit():
+    if t.isdigit() and (instruction is None or instruction in NUMERIC):
         t = str(int(t))
     return t
 
@@ -67,7 +78,7 @@ def lazy_answer(instruction: str, input: str) -> str:
 
 
 def make_splits(seed: int, n_sft: int, n_pref: int, n_unlabeled: int, n_eval: int,
-                sft_noise: float = 0.0) -> dict[str, list[dict]]:
+                sft_noise: float = 0.0, tasks: tuple[str, ...] = TASKS) -> dict[str, list[dict]]:
     """AlpacaFarm-style splits; the same seed always gives the same records. A fraction
     `sft_noise` of the demonstrations carry a lazy (wrong) answer, as real instruction data
     carries low-quality responses: it gives SFT room that preference learning can recover."""
@@ -77,7 +88,7 @@ def make_splits(seed: int, n_sft: int, n_pref: int, n_unlabeled: int, n_eval: in
     for name, n in sizes.items():
         rows = []
         while len(rows) < n:
-            instruction, input = make_problem(rng)
+            instruction, input = make_problem(rng, tasks)
             if (instruction, input) in seen:
                 continue
             seen.add((instruction, input))
@@ -94,7 +105,7 @@ def make_splits(seed: int, n_sft: int, n_pref: int, n_unlabeled: int, n_eval: in
 
 def gold_score(instruction: str, input: str, output: str) -> float:
     """1 for a correct answer; otherwise half the string similarity to the right answer."""
-    truth, got = solve(instruction, input), normalize(output)
+    truth, got = solve(instruction, input), normalize(output, instruction)
     if got == truth:
         return 1.0
     return 0.5 * difflib.SequenceMatcher(None, got, truth).ratio()

@@ -83,6 +83,8 @@ class Config:
     n_pref: int = opt(8000, "preference instructions (paper: 10k; ours, for time)")
     n_unlabeled: int = opt(2000, "unlabelled instructions U for PPO and Step 4 (paper: 20k; ours, for time)")
     n_eval: int = opt(500, "evaluation instructions (AlpacaFarm eval: 805)")
+    tasks: str = opt("Add,Reverse,Sort", "built-in instruction types, comma-separated, from " + ", ".join(
+        ["Add", "Reverse", "Sort", "Order", "Descend"]) + " (task.py)")
     sft_noise: float = opt(0.3, "fraction of SFT demos with a lazy wrong answer (ours: room for RLHF to improve)")
     flip_rate: float = opt(0.25, "Step-1 simulated annotator label-flip rate (AlpacaFarm: ~25%)")
     # ---- Step 0: SFT
@@ -359,7 +361,8 @@ def stage_data(run: Run, dest: Path) -> None:
     import task
     cfg = run.cfg
     if cfg.builtin_data:
-        splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval, cfg.sft_noise)
+        splits = task.make_splits(cfg.seed, cfg.n_sft, cfg.n_pref, cfg.n_unlabeled, cfg.n_eval, cfg.sft_noise,
+                                  tuple(cfg.tasks.split(",")))
     else:
         splits = {name: data.read_user_records(path, name) for name, path in cfg.data_files.items()}
         with models.loading("--model", cfg.model):

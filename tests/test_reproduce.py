@@ -21,19 +21,56 @@ def test_mean_ci_student_t_by_hand():
 
 
 def test_tiny_reproduction_writes_every_table(tmp_path):
-    cmd = [sys.executable, str(ROOT / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--runs", str(tmp_path / "runs"),
-           "--results", str(tmp_path / "RESULTS.md"), "--figures", str(tmp_path / "figures")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    tuning = tmp_path / "TUNING.md"
+    tuning.write_text("Every setting tried: (a hand-written record)\n")
+    cmd = [sys.executable, str(ROOT / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--ablation-seeds", "2",
+           "--sensitivity-seeds", "1", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "RESULTS.md"),
+           "--figures", str(tmp_path / "figures"), "--tuning", str(tuning)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (tmp_path / "RESULTS.md").read_text()
-    for heading in ["Main table", "off-distribution", "Table 4", "Table 5", "Sensitivity", "Figures"]:
+    for heading in ["Main table", "Paired differences", "off-distribution", "Table 4", "Table 5", "Sensitivity",
+                    "Figures", "How the settings were chosen", "Package versions"]:
         assert heading in text, heading
-    for row in ["| RLP-SPG |", "| Step-2 RM |", "| InfoMax: I(v; z) only |", "| RLAIF (the policy judges) |",
-                "| gamma 0.7 |", "| 4 |", "| lambda 1 |"]:
+    for row in ["| RLP-SPG |", "| PPO (gold reward) |", "| PPO − SFT |", "| RLP-UML − PPO |", "| RLP-SPG − PPO |",
+                "| PPO (gold reward) − PPO |", "| Step-2 RM |", "| InfoMax: I(v; z) only |",
+                "| RLAIF (the policy judges) |", "| gamma 0.7 |", "| 4 |", "| lambda 1 |",
+                "Every setting tried: (a hand-written record)"]:
         assert row in text, row
+    assert reproduce.read_versions_table(text) == reproduce.package_versions()
+    # the paired row holds each seed's difference, computed from the runs
+    runs = [tmp_path / "runs" / f"seed{s}" for s in (0, 1)]
+    d = reproduce.paired_differences(reproduce.win_rates(runs, "PPO"), reproduce.win_rates(runs, "SFT"))
+    assert f"| PPO − SFT | {d['mean']:+.1f} ± {d['ci']:.1f} | {d['higher']} of 2 seeds | " in text
     assert (tmp_path / "figures" / "overoptimisation.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "rm_accuracy.png").stat().st_size > 1000
-    for name in ["seed1"] + list(reproduce.VARIANTS):
+    expected = ["seed1"] + [f"{name}.seed{s}" for name, (group, _, _) in reproduce.VARIANTS.items()
+                            for s in ((0, 1) if group == "ablation" else (0,))]
+    for name in expected:
         assert (tmp_path / "runs" / name / "eval" / "DONE").is_file(), name
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 2 + len(reproduce.VARIANTS)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 1 + len(expected)
+
+
+def test_paired_differences_by_hand():
+    d = reproduce.paired_differences([50.0, 60.0, 55.0], [40.0, 58.0, 57.0])
+    assert d["diffs"] == [10.0, 2.0, -2.0] and d["higher"] == 2 and d["n"] == 3
+    # mean 10/3; sd = sqrt(((20/3)^2 + (4/3)^2 + (16/3)^2) / 2) = sqrt(112/3); t(2) = 4.303
+    assert d["mean"] == pytest.approx(10 / 3)
+    assert d["ci"] == pytest.approx(4.303 * math.sqrt(112 / 3) / math.sqrt(3))
+
+
+def requirement_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_version_table_round_trip():
+    versions = {name: f"1.{i}.0" for i, name in enumerate(reproduce.PACKAGES)}
+    text = "# R\n\n## Package versions\n\nsome words\n\n" + reproduce.versions_table(versions) + "\n\n## Next\n| a | b |\n"
+    assert reproduce.read_versions_table(text) == versions

@@ -11,6 +11,8 @@ def test_solve_hand_cases():
     assert task.solve("Add", "12 7") == "19"
     assert task.solve("Reverse", "bdfa") == "afdb"
     assert task.solve("Sort", "3 9 1 4") == "1349"
+    assert task.solve("Descend", "3 9 1 4") == "9431"
+    assert task.solve("Order", "dbca") == "abcd"
     with pytest.raises(ValueError, match="Multiply"):
         task.solve("Multiply", "2 3")
 
@@ -19,6 +21,27 @@ def test_normalize():
     assert task.normalize(" 0 19 ") == "19"
     assert task.normalize("AfDb") == "afdb"
     assert task.normalize("0") == "0"
+
+
+def test_sorted_answers_keep_their_zeros():
+    # the sorted digits of "3 0 7 2" start with 0; dropping it is a wrong answer, not the same one
+    assert task.gold_score("Sort", "3 0 7 2", "0237") == 1.0
+    assert task.gold_score("Sort", "3 0 7 2", " 0 2 3 7") == 1.0
+    assert task.gold_score("Sort", "3 0 7 2", "237") < 0.5
+    assert task.gold_score("Descend", "3 0 0 2", "3200") == 1.0
+    assert task.gold_preference("Sort", "3 0 7 2", "237", "0237") == 2  # not "the shorter one"
+    assert task.normalize("0019", "Add") == "19" and task.normalize("0019", "Sort") == "0019"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_right_answer_scores_one(seed):
+    """solve() is a fixed point of normalize for every task, so the gold judge counts every right
+    answer as right (the slow way: all of a split's problems)."""
+    for rows in task.make_splits(seed, 500, 0, 0, 0, tasks=task.ALL_TASKS).values():
+        for r in rows:
+            truth = task.solve(r["instruction"], r["input"])
+            assert task.normalize(truth, r["instruction"]) == truth
+            assert task.gold_score(r["instruction"], r["input"], truth) == 1.0
 
 
 def test_gold_score_correctness_first_then_similarity():
@@ -78,3 +101,16 @@ def test_lazy_answers_are_wrong_but_get_partial_credit():
 
 def test_win_value():
     assert task.win_value(1.0, 0.5) == 1.0 and task.win_value(0.5, 0.5) == 0.5 and task.win_value(0.2, 0.5) == 0.0
+
+
+@pytest.mark.parametrize("tasks", [("Sort",), ("Sort", "Reverse"), task.ALL_TASKS])
+def test_splits_hold_only_the_asked_tasks_and_solve_them(tasks):
+    splits = task.make_splits(5, 300, 100, 100, 50, sft_noise=0.0, tasks=tasks)
+    seen = {r["instruction"] for rows in splits.values() for r in rows}
+    assert seen == set(tasks)
+    for r in splits["sft"]:  # clean demonstrations are the gold answers, checked the slow way
+        chars = r["input"].split() if " " in r["input"] else list(r["input"])
+        want = {"Sort": lambda: "".join(sorted(chars)), "Descend": lambda: "".join(sorted(chars, reverse=True)),
+                "Order": lambda: "".join(sorted(chars)), "Reverse": lambda: r["input"][::-1],
+                "Add": lambda: str(sum(map(int, chars)))}[r["instruction"]]()
+        assert r["output"] == want and task.gold_score(r["instruction"], r["input"], r["output"]) == 1.0
