@@ -1,11 +1,14 @@
 """The built-in task: instruction-following micro-tasks with checkable answers, and
 its gold judge.
 
-Four kinds of instruction, each generated deterministically from a seed:
+Instruction types, each generated deterministically from a seed (--tasks picks them; the
+default is Sort and Reverse, TUNING.md says why):
+  Sort      "3 9 1 4"   -> "1349"     (4..7 digits, ascending; zeros are digits like any other)
+  Reverse   "bdfa"      -> "afdb"     (4..7 letters a..h)
   Add       "12 7"      -> "19"       (two numbers 0..99)
-  Subtract  "31 12"     -> "19"       (first >= second)
-  Reverse   "bdfa"      -> "afdb"     (3..5 letters a..h)
-  Sort      "3 9 1 4"   -> "1349"     (3..5 digits, ascending)
+  Order     "dbca"      -> "abcd"     (4..7 letters, ascending)
+  Descend   "3 9 1 4"   -> "9431"     (4..7 digits, descending)
+  (Subtract "31 12" -> "19" is known to the judge, not generated)
 Records use AlpacaFarm's format and splits (SFT demos, preference instructions,
 unlabelled instructions, evaluation instructions), with no instruction in two splits.
 
@@ -70,8 +73,8 @@ def normalize(text: str, instruction: str | None = None) -> str:
 
 def lazy_answer(instruction: str, input: str) -> str:
     """A low-effort wrong answer of the kind that slips into demonstration data: the input
-    echoed back (Reverse, Sort) or the first number (Add). It is easy to spot, so a small
-    reward model can learn to prefer real answers over it, which RLHF then exploits."""
+    echoed back (Sort, Reverse, Order, Descend) or the first number (Add). It is easy to spot,
+    so a small reward model can learn to prefer real answers over it."""
     if instruction == "Add":
         return input.split()[0]
     return "".join(input.split())

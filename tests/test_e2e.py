@@ -108,15 +108,15 @@ def test_ppo_on_the_gold_reward(run_dir):
     from safetensors.torch import load_file
     import task
     rows = [json.loads(l) for l in (run_dir / "ppo_gold" / "metrics.jsonl").read_text().splitlines()]
-    norm = rows[0]
+    norm = next(r for r in rows if "gold_mean" in r)
     prefs = [json.loads(l) for l in (run_dir / "prefs" / "prefs.jsonl").read_text().splitlines()]
     gold = [task.gold_score(r["instruction"], r["input"], r[k]) for r in prefs for k in ("output_1", "output_2")]
     mean = sum(gold) / len(gold)
-    assert norm["gold_mean"] == pytest.approx(mean)
-    assert norm["gold_std"] == pytest.approx((sum((g - mean) ** 2 for g in gold) / len(gold)) ** 0.5)
+    std = (sum((g - mean) ** 2 for g in gold) / len(gold)) ** 0.5
+    assert norm["gold_mean"] == pytest.approx(mean, abs=1e-6) and norm["gold_std"] == pytest.approx(std, abs=1e-6)
     its = [r for r in rows if "iteration" in r]
     for r in its:  # the rollouts' score is their mean gold score, normalised
-        assert r["score"] == pytest.approx((r["gold"] - norm["gold_mean"]) / norm["gold_std"], abs=1e-6)
+        assert r["score"] == pytest.approx((r["gold"] - mean) / std, rel=1e-4, abs=1e-4)  # logs keep 6 digits
     sft, pol = load_file(run_dir / "sft" / "model.safetensors"), load_file(run_dir / "ppo_gold" / "policy" / "model.safetensors")
     assert any(not torch_equal(sft[k], pol[k]) for k in sft)  # it trained
     ppo = load_file(run_dir / "ppo" / "policy" / "model.safetensors")

