@@ -289,11 +289,25 @@ def summary_writer_class():
 def tensorboard_writer(folder, fresh: bool = True):
     """A SummaryWriter on `folder` (one TensorBoard run per stage). fresh: drop what an earlier
     attempt of the stage wrote there (a resumed PPO stage keeps it: `Metrics.truncate` purges
-    what came after its checkpoint)."""
-    writer = summary_writer_class()
+    what came after its checkpoint). A new run starts with a session-start marker at step 0:
+    TensorBoard's own reader takes the first marker of a run as its start and only later ones
+    as restarts (`Metrics.purge_tensorboard`)."""
+    summary_writer = summary_writer_class()
     if fresh:
         remove(folder)
-    return writer(log_dir=str(folder))
+    new = not any(Path(folder).glob("events.out.tfevents.*"))
+    writer = summary_writer(log_dir=str(folder))
+    if new:
+        session_start(writer, 0)
+    return writer
+
+
+def session_start(writer, step: int) -> None:
+    """TensorBoard's restart marker (a SessionLog START event, as SummaryWriter(purge_step=)
+    writes): after the first one of a run, readers drop every event at or after `step`."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+    writer.file_writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+    writer.flush()
 
 
 def row_step(row: dict, last: int = 0) -> int:
@@ -357,10 +371,9 @@ class Metrics:
                 self.purge_tensorboard()
 
     def purge_tensorboard(self) -> None:
-        """TensorBoard's restart marker (a SessionLog START event, what SummaryWriter(purge_step=)
-        writes): readers drop every event of the run at or after the step that follows the last
-        row kept in the file, so a resumed PPO stage shows each iteration once."""
-        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        """A restart marker (`session_start`) at the step after the last row kept in the file:
+        TensorBoard drops what the rows cut had sent, so a resumed PPO stage shows each
+        iteration once."""
         step = 0
         for line in self.path.read_text(encoding="utf-8").split("\n"):
             if line.strip():
@@ -368,8 +381,7 @@ class Metrics:
                 if "iteration" in row or "step" in row:
                     step = row_step(row) + 1
         self.last_step = step
-        self.tensorboard.file_writer.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
-        self.tensorboard.flush()
+        session_start(self.tensorboard, step)
 
     def close(self) -> None:
         if self.f is not None:

@@ -259,11 +259,32 @@ def test_sample_table_fixed_prompts_and_no_change_to_training(tmp_path):
 
 # ----------------------------------------------------------------------------- TensorBoard
 
-def read_events(folder):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+def tb_scalars(folder, tag) -> list[tuple[int, float]]:
+    """(step, value) of a scalar as TensorBoard shows it: read by the accumulator its server uses
+    (plugin_event_accumulator), and the same by the older EventAccumulator."""
+    from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
+    from tensorboard.util import tensor_util
+    acc = plugin_event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
     acc.Reload()
-    return acc
+    got = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+    old = event_accumulator.EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    old.Reload()
+    assert [(e.step, e.value) for e in old.Scalars(tag)] == got
+    return got
+
+
+def tb_texts(folder, tag) -> list[tuple[int, str]]:
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+    acc = plugin_event_accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
+
+
+def tb_tags(folder) -> list[str]:
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+    acc = plugin_event_accumulator.EventAccumulator(str(folder))
+    acc.Reload()
+    return sorted(acc.Tags()["tensors"])
 
 
 def test_tensorboard_round_trip(tmp_path):
@@ -283,50 +304,67 @@ def test_tensorboard_round_trip(tmp_path):
     metrics.close()
     samples.close()
     writer.close()
-    acc = read_events(tmp_path / "tb" / "ppo")
-    tags = acc.Tags()
-    assert sorted(tags["scalars"]) == ["kl", "lr", "n", "score", "stage_seconds"]  # numbers only, not the x
+    folder = tmp_path / "tb" / "ppo"
+    # numbers only, not the x; the samples table as text
+    assert tb_tags(folder) == ["kl", "lr", "n", "samples/text_summary", "score", "stage_seconds"]
     for key in ["score", "kl", "lr", "n"]:
-        events = acc.Scalars(key)
-        assert [e.step for e in events] == [0, 1, 2, 3]
-        assert [e.value for e in events] == pytest.approx([round(want[i][key], 6) for i in range(4)], rel=1e-6)
-    assert [(e.step, e.value) for e in acc.Scalars("stage_seconds")] == [(3, 12.5)]
-    texts = acc.Tensors("samples/text_summary")
-    assert [e.step for e in texts] == [0, 1, 2, 3]
-    table = texts[2].tensor_proto.string_val[0].decode()
-    assert "| iteration | prompt | response | score |" in table and "| 2 | 1 | r2\\|1 | 0.5 |" in table
+        got = tb_scalars(folder, key)
+        assert [step for step, _ in got] == [0, 1, 2, 3]
+        assert [v for _, v in got] == pytest.approx([round(want[i][key], 6) for i in range(4)], rel=1e-6)
+    assert tb_scalars(folder, "stage_seconds") == [(3, 12.5)]
+    texts = tb_texts(folder, "samples/text_summary")
+    assert [step for step, _ in texts] == [0, 1, 2, 3]
+    assert "| iteration | prompt | response | score |" in texts[2][1] and "| 2 | 1 | r2\\|1 | 0.5 |" in texts[2][1]
+
+
+def killed_and_resumed(folder, path, log, cut_after=1, old=range(5), new=range(2, 6)):
+    """A log (`log(metrics, iteration, attempt)`) written by a killed attempt, then cut back to
+    iteration `cut_after` as a resumed PPO stage does and continued by the resumed attempt."""
+    writer = data.tensorboard_writer(folder)
+    metrics = data.Metrics(path, tensorboard=writer)
+    sizes = {}
+    for it in old:
+        log(metrics, it, "old")
+        sizes[it] = metrics.size()
+    metrics.close()
+    writer.close()
+    writer = data.tensorboard_writer(folder, fresh=False)
+    metrics = data.Metrics(path, tensorboard=writer)
+    metrics.truncate(sizes[cut_after])
+    for it in new:
+        log(metrics, it, "new")
+    metrics.close()
+    writer.close()
 
 
 def test_tensorboard_resume_purges_what_the_log_lost(tmp_path):
     """A resumed PPO stage cuts metrics.jsonl back to its checkpoint: TensorBoard then shows
-    each iteration once, with the resumed run's values."""
+    each iteration once, with the resumed run's values (one cut: the restart marker that
+    purges must not be taken for the run's first one)."""
     folder = tmp_path / "tb"
-    writer = data.tensorboard_writer(folder)
-    metrics = data.Metrics(tmp_path / "metrics.jsonl", tensorboard=writer)
-    sizes = {}
-    for it in range(5):  # the killed attempt: iterations 0-4, a checkpoint after iteration 1
-        metrics.log(iteration=it, score=float(it))
-        sizes[it] = metrics.size()
-    metrics.close()
-    writer.close()
-    writer = data.tensorboard_writer(folder, fresh=False)  # the resumed attempt
-    metrics = data.Metrics(tmp_path / "metrics.jsonl", tensorboard=writer)
-    metrics.truncate(sizes[1])
-    for it in range(2, 6):
-        metrics.log(iteration=it, score=100.0 + it)
-    metrics.close()
-    writer.close()
+    killed_and_resumed(folder, tmp_path / "metrics.jsonl",
+                       lambda m, it, attempt: m.log(iteration=it, score=it + (100.0 if attempt == "new" else 0.0)))
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     want = [(r["iteration"], r["score"]) for r in rows]
     assert want == [(0, 0.0), (1, 1.0), (2, 102.0), (3, 103.0), (4, 104.0), (5, 105.0)]
-    assert [(e.step, e.value) for e in read_events(folder).Scalars("score")] == want
+    assert tb_scalars(folder, "score") == want
     # nothing cut (killed right after a checkpoint): nothing purged
     writer = data.tensorboard_writer(folder, fresh=False)
     metrics = data.Metrics(tmp_path / "metrics.jsonl", tensorboard=writer)
     metrics.truncate(metrics.size())
     metrics.close()
     writer.close()
-    assert [(e.step, e.value) for e in read_events(folder).Scalars("score")] == want
+    assert tb_scalars(folder, "score") == want
+
+
+def test_tensorboard_resume_purges_the_sample_tables(tmp_path):
+    folder = tmp_path / "tb"
+    killed_and_resumed(folder, tmp_path / "samples.jsonl",
+                       lambda m, it, attempt: m.log_rows([{"iteration": it, "prompt": 0, "response": attempt}] * 2,
+                                                         "samples"))
+    assert [(step, text.count("| new |"), text.count("| old |")) for step, text in
+            tb_texts(folder, "samples/text_summary")] == [(0, 0, 2), (1, 0, 2), (2, 2, 0), (3, 2, 0), (4, 2, 0),
+                                                          (5, 2, 0)]
 
 
 def test_missing_tensorboard_is_one_clear_line(tmp_path, monkeypatch):
