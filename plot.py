@@ -206,7 +206,8 @@ def hacks_markdown(rows: list[dict]) -> str:
                 right = ""
             table.append({"instruction": rec["instruction"], "input": rec["input"],
                           "answer": json.dumps(rec[name], ensure_ascii=False),  # quoted: spaces, empty, newlines
-                          "right answer": right, "Step-2 RM score (percentile)": f"{rm[i]:.2f} ({100 * rm_rank[i]:.0f})",
+                          "right answer": right,
+                          "Step-2 RM score (percentile)": f"{rm[i]:.2f} ({100 * rm_rank[i]:.0f})",
                           "gold score (percentile)": f"{gold[i]:.3f} ({100 * gold_rank[i]:.0f})"})
         out += [data.markdown_table(table) if table else "(every answer is right)", ""]
     return "\n".join(out)
