@@ -214,3 +214,22 @@ def judge_outputs(out_dir: Path, records, prompts, tokenizer, cfg, device, outpu
     return (f"LM {name}, asked in both orders",
             {policy: label_wins(judge.judge_pairs(model, judge_tok, records, o, reference, cfg.gen_batch))
              for policy, o in outputs.items()})
+
+
+def answer_scores(out_dir: Path, records, outputs: dict[str, list[str]], cfg, device) -> dict[str, dict]:
+    """Every answer's Step-2 RM score ("rm_score", when the run has that RM) and gold score
+    ("gold_score", with the gold judge), per method: eval/outputs.jsonl keeps them beside the
+    answers, and plot.py's eval/hacks.md reads them (the answers the RM rates highest and the
+    gold judge lowest). No reported number comes from here; scoring draws no random numbers."""
+    out_dir = Path(out_dir)
+    scores: dict[str, dict] = {}
+    if dist.broadcast_object((out_dir / "reward" / "config.json").is_file()):
+        tokenizer = models.load_tokenizer(out_dir / "sft")
+        prompts = models.encode_prompts(tokenizer, records, cfg.prompt_style, cfg.max_prompt_len)
+        rm = models.load_scorer(out_dir / "reward", device)
+        scores["rm_score"] = {name: models.score_texts(rm, tokenizer, prompts, texts, cfg.max_response_len,
+                                                       cfg.gen_batch).tolist() for name, texts in outputs.items()}
+    if cfg.eval_judge == "gold":
+        scores["gold_score"] = {name: [task.gold_score(r["instruction"], r["input"], t) for r, t in zip(records, texts)]
+                                for name, texts in outputs.items()}
+    return scores

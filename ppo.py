@@ -157,6 +157,15 @@ class TextReward:
         self.score = score
 
 
+def reward_scores(rm, tokenizer, p_ids, p_mask, r_ids, mask, records: list[dict] | None) -> torch.Tensor:
+    """r(x, y) of each response: the RM's score on its last valid token, or a TextReward's score
+    of its record and decoded text."""
+    if isinstance(rm, TextReward):
+        texts = models.decode_responses(tokenizer, r_ids, mask)
+        return torch.tensor(rm.score(records, texts), dtype=torch.float32, device=r_ids.device)
+    return models.sequence_scores(rm, p_ids, p_mask, r_ids, mask)
+
+
 @torch.no_grad()
 def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PPOConfig, kl_coef: float,
             generator: torch.Generator, records: list[dict] | None = None) -> dict:
@@ -175,11 +184,7 @@ def rollout(policy, ref, rm, value, tokenizer, prompts: list[list[int]], cfg: PP
                                          cfg.temperature) * mask
         ref_logprobs = models.token_logprobs(models.response_logits(ref, p_ids, p_mask, r_ids, mask), r_ids,
                                              cfg.temperature) * mask
-        if isinstance(rm, TextReward):
-            texts = models.decode_responses(tokenizer, r_ids, mask)
-            scores = torch.tensor(rm.score(records, texts), dtype=torch.float32, device=device)
-        else:
-            scores = models.sequence_scores(rm, p_ids, p_mask, r_ids, mask)
+        scores = reward_scores(rm, tokenizer, p_ids, p_mask, r_ids, mask, records)
         values = models.token_values(value, p_ids, p_mask, r_ids, mask) * mask
     has_eos = ((r_ids == tokenizer.eos_token_id).float() * mask).sum(-1) > 0
     rm_scores = scores.clone()
@@ -262,14 +267,53 @@ def update(policy, value, optimizer, batch: dict, cfg: PPOConfig, rng: random.Ra
     return stats
 
 
+SAMPLE_PROMPTS = 4  # fixed prompts (the first of the set) whose rollouts samples.jsonl logs every iteration (ours)
+SAMPLE_SEED = 7_000_000  # their sampling stream: seed + SAMPLE_SEED + iteration (ours; any seed of its own)
+
+
+@torch.no_grad()
+def sample_table(policy, ref, rm, tokenizer, prompts: list[list[int]], records: list[dict], indices: list[int],
+                 cfg: PPOConfig, iteration: int, gold: Callable[[dict, str], float] | None = None) -> list[dict]:
+    """The sample table of one iteration: one rollout of the current policy for each of the
+    fixed prompts `indices`, at the rollout temperature, with its RM score, gold score (when
+    there is a gold judge) and sequence KL to the reference. It samples with a generator of its
+    own, seeded from the iteration and the same on every rank: the training's RNG streams are
+    untouched, so logging it changes no number of the training, and a resumed run logs the same
+    rows. No collective: every rank may compute it (rank 0 writes it)."""
+    device = next(policy.parameters()).device
+    generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+    generator.manual_seed(cfg.seed + SAMPLE_SEED + iteration)
+    p_ids, p_mask = models.left_pad([prompts[i] for i in indices], tokenizer.pad_token_id, device)
+    with autocast(device):
+        r_ids, _, mask = models.sample(policy, p_ids, p_mask, cfg.max_response_len, cfg.temperature,
+                                       tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        logprobs = models.token_logprobs(models.response_logits(policy, p_ids, p_mask, r_ids, mask), r_ids,
+                                         cfg.temperature)
+        ref_logprobs = models.token_logprobs(models.response_logits(ref, p_ids, p_mask, r_ids, mask), r_ids,
+                                             cfg.temperature)
+        scores = reward_scores(rm, tokenizer, p_ids, p_mask, r_ids, mask, [records[i] for i in indices])
+    seq_kl = ((logprobs - ref_logprobs) * mask).sum(-1)  # as the rollouts' logged KL
+    rows = []
+    for i, text, score, kl in zip(indices, models.decode_responses(tokenizer, r_ids, mask), scores.tolist(),
+                                  seq_kl.tolist()):
+        rec = records[i]
+        row = {"iteration": iteration, "prompt": i, "instruction": rec["instruction"], "input": rec["input"],
+               "response": text, "score": score}
+        if gold is not None:
+            row["gold"] = gold(rec, text)
+        rows.append({**row, "kl": kl})
+    return rows
+
+
 def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], records: list[dict], cfg: PPOConfig,
               metrics=None, gold: Callable[[dict, str], float] | None = None, desc: str = "ppo",
-              show: bool = True, checkpoint_dir=None) -> KLController:
+              show: bool = True, checkpoint_dir=None, samples=None) -> KLController:
     """Run cfg.iterations PPO iterations on the prompts (Step 3, and Step 5 with the re-learned RM).
     `gold(record, text)`, when given (built-in task), logs the gold score of every rollout.
     rollout_batch is global: each rank rolls out its shard of the batch's prompts. With
     `checkpoint_dir`, a resumable checkpoint is saved every cfg.checkpoint_every iterations and
-    the loop resumes from the latest one found there."""
+    the loop resumes from the latest one found there. `samples` (a data.Metrics on samples.jsonl)
+    gets each iteration's `sample_table` for the first SAMPLE_PROMPTS prompts."""
     device = next(policy.parameters()).device
     for m in (ref,) + ((rm,) if isinstance(rm, torch.nn.Module) else ()):
         m.requires_grad_(False)  # frozen: no optimizer state, no gradients (STYLE.md 15)
@@ -285,12 +329,14 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
     batches = dist.Batches(len(prompts), cfg.rollout_batch, cfg.seed)  # the same on every rank
     shuffle_rng = random.Random(cfg.seed + 1)  # minibatch order: its own stream, so prompt order ignores N
     generator = models.make_generator(device, cfg.seed)  # sampling: a different seed on each rank
+    sample_prompts = list(range(min(SAMPLE_PROMPTS, len(prompts))))  # the same prompts every iteration
 
     def save_checkpoint(next_iteration: int) -> None:
         shared = {"iteration": next_iteration, "policy": policy.state_dict(), "value": value.state_dict(),
                   "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "kl_coef": kl.value,
                   "batches": batches.state_dict(), "shuffle_rng": shuffle_rng.getstate(),
-                  "metrics_bytes": metrics.size() if metrics is not None else 0}
+                  "metrics_bytes": metrics.size() if metrics is not None else 0,
+                  "samples_bytes": samples.size() if samples is not None else 0}
         own = {"generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
         checkpoint.save(checkpoint_dir, next_iteration, shared, own, cfg.checkpoint_keep)
 
@@ -312,11 +358,15 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
         start = shared["iteration"]
         if metrics is not None:
             metrics.truncate(shared["metrics_bytes"])  # rows logged after the checkpoint are redone
+        if samples is not None:
+            samples.truncate(shared.get("samples_bytes", 0))  # (a checkpoint from before samples.jsonl: 0)
         del shared, own  # no second copy of the weights kept
         if dist.is_main():  # also with --quiet: a resumed run says so
             print(f"  resuming {desc} from {found} (iteration {start} of {cfg.iterations})", flush=True)
     elif metrics is not None and checkpoint_dir is not None:
         metrics.truncate(0)  # a killed attempt with no checkpoint: start the log over
+    if found is None and samples is not None and checkpoint_dir is not None:
+        samples.truncate(0)
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc=desc, disable=not show,
                leave=False)
@@ -325,6 +375,9 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
         local = dist.shard(idx)  # this rank's prompts of the global rollout batch
         batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in local], cfg, kl.value, generator,
                         records=[records[i] for i in local])
+        if samples is not None:  # the policy that drew this iteration's rollouts, on the fixed prompts
+            samples.log_rows(sample_table(policy, ref, rm, tokenizer, prompts, records, sample_prompts, cfg, it,
+                                          gold), "samples")
         lr = optimizer.param_groups[0]["lr"]
         row = update(policy, value, optimizer, batch, cfg, shuffle_rng)
         sched.step()

