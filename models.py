@@ -234,14 +234,32 @@ def load_policy(path, device) -> torch.nn.Module:
 def load_scorer(path, device, fresh_head: bool = False) -> torch.nn.Module:
     """A reward or value model: AutoModelForSequenceClassification with num_labels=1,
     the layout TRL and OpenRLHF expect. Built from a causal-LM checkpoint the score
-    head is new; `fresh_head` zeroes it (the value model starts from the RM, STYLE.md 15)."""
+    head is new; `fresh_head` zeroes it, weight and bias (when the head has one: transformers'
+    own heads have none), so the value model starts from the RM with V = 0 (STYLE.md 15)."""
     with quiet_transformers():  # "newly initialised score head" is expected here
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     if fresh_head:
         torch.nn.init.zeros_(model.score.weight)
+        if getattr(model.score, "bias", None) is not None:
+            torch.nn.init.zeros_(model.score.bias)
         model.config.score_mean, model.config.score_std = 0.0, 1.0
     model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     return no_dropout(model).to(device).eval()
+
+
+def check_scorer_support(flag: str, name: str) -> None:
+    """The RM and the value model are `AutoModelForSequenceClassification` of --model's family; a
+    family transformers gives no such class (Cohere, Granite, ...) is one clear error, raised
+    before any training (train.check_models) instead of after SFT."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    folder, gguf_file = resolve_model(name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(folder)
+    if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise SystemExit(f"error: {flag} {name}: transformers has no sequence-classification class for the "
+                         f"{config.model_type!r} family ({type(config).__name__}), so the reward and value models "
+                         f"(AutoModelForSequenceClassification, num_labels=1) cannot be built from it; use a model "
+                         f"of another family (README: tested architectures)")
 
 
 def backbone(model):

@@ -384,6 +384,9 @@ def check_models(cfg: Config) -> None:
         need.append(("--judge-model" if cfg.judge_model else "--model", cfg.judge_model or cfg.model, "lm"))
     if "eval" in stages and cfg.eval_judge == "rm" and cfg.judge_model:
         need.append(("--judge-model", cfg.judge_model, "rm"))
+    if cfg.model and stages - {"data", "sft", "prefs"}:  # the RM and value model: --model's family
+        with models.loading("--model", cfg.model):
+            models.check_scorer_support("--model", cfg.model)
     for flag, name, kind in need:
         with models.loading(flag, name or "(all-MiniLM-L6-v2)"):
             if kind == "embedding" and not name:
