@@ -650,7 +650,7 @@ def spg_clusterer(run: Run):
         key = task.normalize if cfg.builtin_data else (lambda text: " ".join(text.split()).casefold())
         return lambda rec: spg.cluster_by_key(rec["outputs"], key)
     import similarity
-    question = (lambda rec: spg.question_of(rec)) if cfg.spg_condition_on_question == "on" else (lambda rec: None)
+    question = spg.question_of if cfg.spg_condition_on_question == "on" else (lambda rec: None)
     if cfg.spg_cluster == "nli":
         with models.loading("--nli-model", cfg.nli_model):
             entails = similarity.NLIEntailment(cfg.nli_model, run.device)
