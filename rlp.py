@@ -97,6 +97,7 @@ def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: lis
                           judge_pairs=None) -> tuple[list[dict], dict]:
     """RLP-SPG's D_hat: score every output of P with the Step-2 RM (it picks y_w inside the
     largest cluster), then keep the instructions whose confidence passes gamma (spg.py).
+    `cluster(record)` -> the cluster labels of record["outputs"] (it may read the question too).
     `labels` picks the paper's Table 5 baselines instead: "reward" (the Step-2 RM ranks two
     random samples) or "rlaif" (`judge_pairs(records, first, second)`, the policy as a judge).
     Select-All is "consistency" with gamma = 0."""
@@ -111,7 +112,7 @@ def synthetic_preferences(rm_step2, tokenizer, samples: list[dict], prompts: lis
     if labels == "consistency":
         # each rank clusters its shard of P (an NLI model is the costly part) and every rank gets
         # all the labels: the same clusters, hence the same pairs, on every rank
-        clusters = dist.gather([cluster(samples[i]["outputs"]) for i in dist.shard(list(range(len(samples))))])
+        clusters = dist.gather([cluster(samples[i]) for i in dist.shard(list(range(len(samples))))])
         pairs, stats = spg.synthesize(samples, per_row, gamma, seed, clusters)
     elif labels == "reward":
         text_score = {id(s): dict(zip(s["outputs"], row)) for s, row in zip(samples, per_row)}

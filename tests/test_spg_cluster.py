@@ -373,3 +373,133 @@ def test_minilm_paraphrase_clusters_and_a_different_answer_does_not():
     outs = ["The capital of France is Paris.", "Paris is France's capital.", "The capital of France is Lyon."]
     assert spg.cluster_by_embedding(outs, embed, similarity.DEFAULT_EMBEDDING_THRESHOLD) == [0, 0, 1]
     assert embed(outs).shape == (3, 384)
+
+
+# ----------------------------------------------------------------------------- the question, and Kuhn et al.'s loop
+
+QUESTION = "What is the capital of France?"
+
+
+def strip_question(fn, question):
+    """A stub model that must be shown `question + " " + answer` texts; it judges the answers."""
+    def inner(texts_or_pairs):
+        def strip(t):
+            assert t.startswith(question + " "), t
+            return t[len(question) + 1:]
+        if texts_or_pairs and isinstance(texts_or_pairs[0], tuple):
+            return fn([(strip(p), strip(h)) for p, h in texts_or_pairs])
+        return fn([strip(t) for t in texts_or_pairs])
+    return inner
+
+
+def test_question_of():
+    assert spg.question_of({"instruction": "Translate.", "input": "bonjour"}) == "Translate.\n\nbonjour"
+    assert spg.question_of({"instruction": "Say hi.", "input": ""}) == "Say hi."
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_entailment_conditioned_on_the_question(seed):
+    """With a question, every text the NLI model reads is f"{question} {answer}" (Kuhn et al.'s
+    form); a model that judges the answers gives the same clusters as without it."""
+    rng = random.Random(seed)
+    outs = [rng.choice("abcde") for _ in range(8)]
+    relation = {(p, h) for p in "abcde" for h in "abcde" if rng.random() < 0.5}
+    calls = []
+    got = spg.cluster_by_entailment(outs, strip_question(entails_from_set(relation, calls), QUESTION), QUESTION)
+    assert got == spg.cluster_by_entailment(outs, entails_from_set(relation))
+    assert calls or len(set(outs)) == 1
+    no_question = []
+    spg.cluster_by_entailment(outs, entails_from_set(relation, no_question))
+    assert all(not p.startswith(QUESTION) for call in no_question for p, _ in call)
+
+
+def test_embedding_conditioned_on_the_question():
+    vectors = {"a": [1.0, 0.0], "b": [0.9, 0.1], "c": [0.0, 1.0]}
+    calls = []
+    got = spg.cluster_by_embedding(["a", "b", "a", "c"], strip_question(embed_from(vectors, calls), QUESTION), 0.9,
+                                   QUESTION)
+    assert got == spg.cluster_by_embedding(["a", "b", "a", "c"], embed_from(vectors), 0.9) == [0, 0, 0, 1]
+    assert calls == [["a", "b", "c"]]  # one call over the distinct texts (stripped by the stub)
+
+
+def kuhn_semantic_ids(outputs, entails):
+    """Kuhn et al.'s loop (get_semantic_ids, strict entailment), rewritten: each output no earlier
+    representative claimed becomes one and claims every later output it matches both ways,
+    overwriting earlier claims; identical texts are asked to the model like any other."""
+    ids, next_id = [-1] * len(outputs), 0
+    for i, a in enumerate(outputs):
+        if ids[i] == -1:
+            ids[i] = next_id
+            for j in range(i + 1, len(outputs)):
+                if entails([(a, outputs[j])])[0] and entails([(outputs[j], a)])[0]:
+                    ids[j] = next_id
+            next_id += 1
+    return ids
+
+
+def test_differs_from_kuhn_only_for_an_output_matching_two_representatives():
+    """spg.cluster_by_entailment's docstring: same representatives, but an output that matches two
+    of them (which do not match each other) joins the first here and the last in their code."""
+    both = {("C", "A"), ("A", "C"), ("C", "B"), ("B", "C")}
+    assert spg.cluster_by_entailment(["A", "B", "C"], entails_from_set(both)) == [0, 1, 0]
+    assert kuhn_semantic_ids(["A", "B", "C"], entails_from_set(both)) == [0, 1, 1]
+
+
+def test_same_as_kuhn_unless_an_output_matches_two_representatives():
+    """On random relations the labels equal those of Kuhn et al.'s loop exactly when no output
+    matches two representatives (both cases occur)."""
+    outcomes = set()
+    for seed in range(60):
+        rng = random.Random(seed)
+        outs = [rng.choice("abcdef") for _ in range(8)]
+        relation = {(p, h) for p in "abcdef" for h in "abcdef" if p == h or rng.random() < 0.6}
+        ours = spg.cluster_by_entailment(outs, entails_from_set(relation))
+        reps = [i for i in range(len(outs)) if ours[i] not in ours[:i]]  # positions of representatives
+        match = lambda a, b: (a, b) in relation and (b, a) in relation  # noqa: E731
+        # an output matching two representatives before it: the only case where the rules differ
+        simple = all(sum(match(outs[j], outs[r]) for r in reps if r < j) <= 1 for j in range(len(outs))
+                     if j not in reps)
+        assert (ours == kuhn_semantic_ids(outs, entails_from_set(relation))) == simple, seed
+        outcomes.add(simple)
+    assert outcomes == {True, False}
+
+
+@pytest.mark.parametrize("cluster, flag, want", [("nli", "auto", "on"), ("embedding", "auto", "off"),
+                                                 ("exact", "auto", "off"), ("embedding", "on", "on"),
+                                                 ("nli", "off", "off")])
+def test_condition_on_question_default(cluster, flag, want):
+    import train
+    cfg = train.Config(spg_cluster=cluster, spg_condition_on_question=flag)
+    assert cfg.spg_condition_on_question == want
+
+
+def test_condition_on_question_bad_values():
+    import train
+    with pytest.raises(SystemExit, match="--spg-condition-on-question must be auto, on or off"):
+        train.Config(spg_condition_on_question="yes")
+    with pytest.raises(SystemExit, match="--spg-condition-on-question on needs --spg-cluster nli or embedding"):
+        train.Config(spg_condition_on_question="on")  # the built-in task clusters exactly
+
+
+@pytest.mark.parametrize("flag", ["on", "off"])
+def test_clusterer_passes_the_question_to_the_nli_model(monkeypatch, flag):
+    """train.spg_clusterer: the texts the NLI model reads are f"{instruction}\n\n{input} {answer}"
+    with the flag on, the answers alone with it off."""
+    import train
+    seen = []
+
+    class FakeNLI:
+        def __init__(self, *args):
+            pass
+
+        def __call__(self, pairs):
+            seen.extend(t for pair in pairs for t in pair)
+            return [False] * len(pairs)
+
+    monkeypatch.setattr(similarity, "NLIEntailment", FakeNLI)
+    cfg = train.Config(spg_cluster="nli", spg_condition_on_question=flag)
+    cluster = train.spg_clusterer(train.Run(cfg, torch.device("cpu")))
+    rec = {"instruction": "Name a city.", "input": "In France", "outputs": ["Paris.", "Lyon.", "Paris."]}
+    assert cluster(rec) == [0, 1, 0]
+    want = {"Paris.", "Lyon."} if flag == "off" else {"Name a city.\n\nIn France Paris.", "Name a city.\n\nIn France Lyon."}
+    assert set(seen) == want
