@@ -682,8 +682,9 @@ def spg_clusterer(run: Run):
     import task
     cfg = run.cfg
     if cfg.spg_cluster == "exact":
-        key = task.normalize if cfg.builtin_data else (lambda text: " ".join(text.split()).casefold())
-        return lambda rec: spg.cluster_by_key(rec["outputs"], key)
+        if cfg.builtin_data:  # the answer as the gold judge reads it: "0237" and "237" differ for Sort
+            return lambda rec: spg.cluster_by_key(rec["outputs"], lambda o: task.normalize(o, rec["instruction"]))
+        return lambda rec: spg.cluster_by_key(rec["outputs"], lambda text: " ".join(text.split()).casefold())
     import similarity
     question = spg.question_of if cfg.spg_condition_on_question == "on" else (lambda rec: None)
     if cfg.spg_cluster == "nli":

@@ -503,3 +503,12 @@ def test_clusterer_passes_the_question_to_the_nli_model(monkeypatch, flag):
     assert cluster(rec) == [0, 1, 0]
     want = {"Paris.", "Lyon."} if flag == "off" else {"Name a city.\n\nIn France Paris.", "Name a city.\n\nIn France Lyon."}
     assert set(seen) == want
+
+
+def test_exact_clusters_read_answers_as_the_gold_judge_does():
+    """Built-in task, --spg-cluster exact: a sorted answer keeps its leading zero ("0237" and "237"
+    are different answers), an Add answer is a number ("019" is "19")."""
+    import train
+    cluster = train.spg_clusterer(train.Run(train.Config(), torch.device("cpu")))
+    assert cluster({"instruction": "Sort", "input": "3 0 7 2", "outputs": ["0237", "237", " 0 2 3 7"]}) == [0, 1, 0]
+    assert cluster({"instruction": "Add", "input": "12 7", "outputs": ["19", "019", "18"]}) == [0, 0, 1]
