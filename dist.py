@@ -30,6 +30,7 @@ import random
 
 import torch
 import torch.distributed as td
+from torch.distributed.tensor import DTensor
 
 
 def launched_by_torchrun() -> bool:
@@ -199,7 +200,8 @@ def sum_gradients(params, bucket_numel: int = 2 ** 26) -> None:
     the global-batch loss. Gradients are flattened into buckets to make few, large calls."""
     if world() == 1:
         return
-    params = [p for p in params if p.requires_grad]
+    # parameters sharded by --fsdp (DTensors) had their gradients reduce-scattered in the backward pass
+    params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
     for p in params:
         if p.grad is None:  # a parameter this rank's batch did not reach still takes part
             p.grad = torch.zeros_like(p)
@@ -224,4 +226,5 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
     if world() == 1:
         return
     for t in list(module.parameters()) + list(module.buffers()):
-        td.broadcast(t.data, src=0)
+        if not isinstance(t, DTensor):  # a model sharded by --fsdp was broadcast before it was sharded
+            td.broadcast(t.data, src=0)

@@ -65,6 +65,12 @@ class Config:
                                     "when the tokenizer has a template, else alpaca (saved in config.json)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward passes: less memory, ~30% more "
                                               "compute (ours: off; for long sequences on a GPU)")
+    lora_rank: int = opt(0, "LoRA rank r for the policy, RM and value model: adapters on the attention and MLP "
+                            "projections, backbone frozen (lora.py); 0 = full fine-tuning (ours: off)")
+    lora_alpha: float = opt(0.0, "LoRA alpha (updates scaled by alpha / r); 0 = r, scale 1 (Hu et al. 2021 set "
+                                 "alpha to the first r they tried)")
+    fsdp: bool = opt(False, "under torchrun, shard every model, its gradients and Adam state over the processes "
+                            "with FSDP2 (fsdp.py; ours: off = plain data parallelism)")
     max_prompt_len: int = opt(0, "max prompt tokens; longer prompts are an error; 0 = 32 for the built-in "
                                  "char-level model (ours), else 192 (AlpacaFarm)")
     max_response_len: int = opt(0, "max response tokens incl. EOS; 0 = 10 for the built-in model (the task's "
@@ -216,6 +222,8 @@ class Config:
             raise SystemExit("error: --checkpoint-keep must be >= 1")
         if self.rlp_n < 2:
             raise SystemExit("error: --rlp-n must be >= 2 (UML needs two views, SPG needs clusters)")
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise SystemExit("error: --lora-rank and --lora-alpha must be >= 0")
 
 
 # settings that do not change what a run computes (micro-batching changes only float summation order)
@@ -257,9 +265,20 @@ class Run:
 
     # ---- writing: rank 0 only (every rank holds the same weights and gathered data)
     def save_model(self, model, tokenizer, path) -> None:
+        """A plain Hugging Face folder: under --fsdp the full weights gathered on rank 0 (every rank
+        takes part), with LoRA the adapters merged in, and saved on their own beside them."""
+        import fsdp
+        import lora
         import models
+        state = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None
+        if lora.has_adapters(model):
+            state = model.state_dict() if state is None else state
+            adapters = lora.adapter_state_dict(state, lora.trainable_names(model))
+            state = lora.merged_state_dict(state, model.lora_settings)
         if self.main:
-            models.save_pretrained(model, tokenizer, path)
+            models.save_pretrained(model, tokenizer, path, state)
+            if lora.has_adapters(model):
+                lora.save_adapters(adapters, model.lora_settings, path)
 
     def write_records(self, path, rows, where: bool = False) -> None:
         import data
@@ -297,13 +316,22 @@ class Run:
 
     def policy(self, path, train: bool = False):
         import models
-        model = models.load_policy(path, self.device)
-        return models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
+        return self.prepare(models.load_policy(path, self.device), train)
 
     def scorer(self, path, fresh_head: bool = False, train: bool = False):
         import models
-        model = models.load_scorer(path, self.device, fresh_head=fresh_head)
-        return models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
+        return self.prepare(models.load_scorer(path, self.device, fresh_head=fresh_head), train, head=True)
+
+    def prepare(self, model, train: bool, head: bool = False):
+        """A loaded model as the run's options want it: LoRA adapters (to train; head: a score head
+        that trains too), gradient checkpointing (to train), FSDP sharding (every model)."""
+        import fsdp
+        import lora
+        import models
+        if train and self.cfg.lora_rank:
+            lora.add_adapters(model, self.cfg.lora_rank, self.cfg.lora_alpha, trainable_head=head)
+        models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
+        return fsdp.shard(model, self.device) if self.cfg.fsdp else model
 
 
 def seed_everything(seed: int) -> None:
@@ -449,10 +477,11 @@ def stage_sft(run: Run, dest: Path, metrics) -> None:
         tokenizer = models.build_char_tokenizer()
         model = models.new_tiny_llama(tokenizer, cfg.model_hidden, cfg.model_layers, cfg.model_heads,
                                       cfg.max_prompt_len + cfg.max_response_len, cfg.seed).to(run.device)
-    models.gradient_checkpointing(model, cfg.gradient_checkpointing)
+    model = run.prepare(model, train=True)
     prompts = run.prompts(tokenizer, recs)
     responses = models.encode_responses(tokenizer, [r["output"] for r in recs], cfg.max_response_len)
-    run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(recs)} demonstrations, "
+    run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters ("
+            f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained), {len(recs)} demonstrations, "
             f"prompt style {cfg.prompt_style}, responses end with {tokenizer.eos_token}")
     train_sft(model, tokenizer, prompts, responses, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.sft_lr,
               warmup=cfg.sft_warmup, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, micro_batch=cfg.micro_batch,
@@ -534,13 +563,14 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str) -> None:
     """Steps 3 and 5: PPO from SFT (also the frozen reference) against the RM in rm_dir;
     the value model starts from that RM with a zeroed head."""
     import data
-    import models
+    import lora
     from ppo import PPOConfig, train_ppo
     cfg = run.cfg
     tokenizer = run.tokenizer()
     sft_dir = data_require(run, "sft")
-    policy, ref = run.policy(sft_dir, train=True), models.load_policy(sft_dir, run.device)
-    rm = models.load_scorer(rm_dir, run.device)
+    policy = run.policy(sft_dir, train=True)
+    ref = lora.reference(policy) if cfg.lora_rank else run.policy(sft_dir)  # LoRA: the policy, adapters off
+    rm = run.scorer(rm_dir)
     value = run.scorer(rm_dir, fresh_head=True, train=True)
     recs = run.records("unlabeled", data.INSTRUCTION)
     pcfg = PPOConfig(iterations=cfg.ppo_iterations, rollout_batch=cfg.rollout_batch, step_batch=cfg.step_batch,
@@ -775,6 +805,8 @@ def check_world(cfg: Config) -> None:
 def main(argv=None) -> None:
     cfg = parse_args(argv)
     import dist
+    import fsdp
+    fsdp.check_launch(cfg.fsdp)
     device = dist.init()
     try:
         run_stages(cfg, device)
