@@ -127,4 +127,4 @@ class TrainState:
         dcp.load(state, checkpoint_id=str(Path(path) / SHARDS))
         both = torch.nn.ModuleDict({"policy": self.policy, "value": self.value})
         set_state_dict(both, self.optimizer, model_state_dict=state["models"], optim_state_dict=state["optimizer"],
-                       options=StateDictOptions(ignore_frozen_params=True))
+                       options=StateDictOptions(ignore_frozen_params=True, strict=False))  # frozen: not in it

@@ -63,7 +63,9 @@ def shard(model, device: torch.device):
     import models  # here: models imports this file
     for layer in models.decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    # the root too gives its full weights back after each forward (FSDP2 keeps the root's by default,
+    # expecting a backward): frozen and sampling models stay sharded between calls
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # a sum over ranks: each rank's loss is its share of the global loss

@@ -505,7 +505,7 @@ def stage_prefs(run: Run, dest: Path, metrics) -> None:
         run.log(f"  {stats}")
         return
     tokenizer = run.tokenizer()
-    policy = models.load_policy(data_require(run, "sft"), run.device)
+    policy = run.policy(data_require(run, "sft"))
     recs = run.records("pref", data.INSTRUCTION)
     outputs = models.generate_texts(policy, tokenizer, run.prompts(tokenizer, recs), 2, cfg.pref_temperature,
                                     cfg.max_response_len, cfg.gen_batch,
@@ -599,7 +599,7 @@ def stage_rlp_samples(run: Run, dest: Path, metrics) -> None:
     import rlp
     cfg = run.cfg
     tokenizer = run.tokenizer()
-    policy = models.load_policy(data_require(run, "ppo") / "policy", run.device)
+    policy = run.policy(data_require(run, "ppo") / "policy")
     recs = run.records("unlabeled", data.INSTRUCTION)
     samples = rlp.build_policy_samples(policy, tokenizer, recs, run.prompts(tokenizer, recs), cfg.rlp_n,
                                        cfg.rlp_temperature, cfg.max_response_len, cfg.gen_batch, cfg.seed + 4,
@@ -683,7 +683,7 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
     tokenizer = run.tokenizer()
     samples = data.read_records(data_require(run, "rlp_samples") / "P.jsonl", data.SAMPLES)
     prompts = run.prompts(tokenizer, samples)
-    rm_step2 = models.load_scorer(data_require(run, "reward"), run.device)
+    rm_step2 = run.scorer(data_require(run, "reward"))
     judge_pairs = None
     if cfg.synthetic_labels == "rlaif":  # the Step-3 policy judges its own samples (judge.py)
         import judge

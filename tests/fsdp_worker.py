@@ -6,7 +6,8 @@ none). Rank 0 saves, under OUT:
 
   sft.pt, rm.pt, ppo.pt     full state dicts after training (gathered under FSDP) and statistics
   sampler_RANK.pt           greedy sampling where rank 0's rows all end at the first step and
-                            rank 1's never end, from the sharded model and from an unsharded copy
+                            rank 1's never end, from the sharded model and from an unsharded copy;
+                            the number of parameter elements this rank holds
 """
 import sys
 from pathlib import Path
@@ -103,7 +104,9 @@ def main(out: Path, mode: str, rank: int) -> None:
     eos = first if dist.rank() == 0 else len(tok) + 1
     got = models.sample(sharded_policy, p_ids, p_mask, 6, 0.0, eos, tok.pad_token_id)
     want = models.sample(plain, p_ids, p_mask, 6, 0.0, eos, tok.pad_token_id)
-    torch.save({"got": got, "want": want}, out / f"sampler_{dist.rank()}.pt")
+    local = sum((p.to_local() if sharded else p).numel() for p in sharded_policy.parameters())
+    torch.save({"got": got, "want": want, "local_numel": local,
+                "numel": sum(p.numel() for p in sharded_policy.parameters())}, out / f"sampler_{dist.rank()}.pt")
     dist.close()
 
 
