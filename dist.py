@@ -21,6 +21,10 @@ How the stages use it (STYLE.md 13, 17):
     original order (`gather`) and rank 0 writes them;
   * every statistic that is logged or feeds the algorithm (whitening, RM normalisation, the
     KL controller's measured KL) is computed from all-reduced sums (`all_sum`).
+
+With --fsdp the models are also sharded over the ranks (fsdp.py); the data parallelism above
+stays as it is, except that FSDP reduce-scatters the sharded parameters' gradients itself
+(`sum_gradients` and `broadcast_parameters` skip DTensors).
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@
     torchrun --standalone --nproc_per_node=2 train.py   # data parallel: 2 processes (GPUs, or CPU with gloo)
     torchrun --nnodes=2 --nproc_per_node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 --rdzv-id=rlp1 train.py
                                              # the same on each of 2 machines (README: data parallelism)
+    torchrun --standalone --nproc_per_node=8 train.py --fsdp --lora-rank 16
+                                             # every model sharded (FSDP2), LoRA adapters (README: scale)
 
 Stages (each writes DIR/<stage>/ with a DONE marker once all its outputs are on disk;
 `all` skips a stage whose output is complete, `--force` redoes it; re-running a killed command
@@ -595,7 +597,6 @@ def stage_ppo(run: Run, dest: Path, metrics) -> None:
 def stage_rlp_samples(run: Run, dest: Path, metrics) -> None:
     """Step 4, first half: the policy sample set P, drawn once and shared by UML and SPG."""
     import data
-    import models
     import rlp
     cfg = run.cfg
     tokenizer = run.tokenizer()
