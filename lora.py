@@ -42,7 +42,7 @@ class LoRALinear(torch.nn.Module):
         w = base.weight
         self.lora_A = torch.nn.Parameter(torch.empty(rank, self.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = torch.nn.Parameter(torch.zeros(self.out_features, rank, dtype=w.dtype, device=w.device))
-        torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear's own init (and the LoRA paper's code)
+        torch.nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init, as the LoRA paper's code
         self.scaling = alpha / rank
         self.adapters_on = True
 
@@ -165,4 +165,5 @@ def save_adapters(adapters: dict, settings: dict, path) -> None:
     from pathlib import Path
     from safetensors.torch import save_file
     save_file(adapters, str(Path(path) / f"{ADAPTER_FILE}.safetensors"))
-    (Path(path) / f"{ADAPTER_FILE}.json").write_text(json.dumps({**settings, "tensors": sorted(adapters)}, indent=1) + "\n")
+    info = {**settings, "tensors": sorted(adapters)}
+    (Path(path) / f"{ADAPTER_FILE}.json").write_text(json.dumps(info, indent=1) + "\n")

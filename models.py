@@ -397,7 +397,8 @@ def response_logits(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torc
         return logits[:, P - 1:P - 1 + R].float()
 
     def head_on_response_positions():  # backbone and head: one root forward under --fsdp
-        hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        out = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        hidden = out.last_hidden_state
         return model.get_output_embeddings()(hidden[:, P - 1:P - 1 + R]).float()
     return fsdp.as_root_forward(model, head_on_response_positions)
 
@@ -453,7 +454,8 @@ def token_values(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.T
     P, R = prompt_ids.shape[1], resp_ids.shape[1]
 
     def values():  # backbone and head: one root forward under --fsdp
-        hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+        out = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        hidden = out.last_hidden_state
         return model.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()
     return fsdp.as_root_forward(model, values)
 

@@ -146,7 +146,8 @@ def test_fsdp_run_killed_during_ppo_resumes_from_its_sharded_checkpoint(fsdp_run
     assert proc.returncode != 0 and not (tmp_path / "ppo").exists()
     found = checkpoint.latest(tmp_path / ".ppo.partial" / "checkpoints")
     assert found.name == "iter_000002"
-    assert (found / checkpoint.SHARDS / ".metadata").is_file() and len(list((found / checkpoint.SHARDS).glob("*.distcp"))) == 2
+    shards = found / checkpoint.SHARDS
+    assert (shards / ".metadata").is_file() and len(list(shards.glob("*.distcp"))) == 2  # one file per process
     assert "policy" not in torch.load(found / "state.pt", weights_only=True)  # the weights are in the shards
     proc = subprocess.run([*launcher(2), str(ROOT / "train.py"), *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)

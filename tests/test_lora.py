@@ -180,8 +180,8 @@ def test_saved_models_are_merged_hf_folders(setup, tmp_path):
     # a reward model: adapters and the score head
     torch.manual_seed(4)
     rm = lora.add_adapters(models.load_scorer(path, "cpu"), RANK, 8.0, trainable_head=True)
-    recs = [{"instruction": d["instruction"], "input": d["input"], "output_1": d["output"], "output_2": d["output"] + "9",
-             "preference": 1} for d in demos["sft"][:16]]
+    recs = [{"instruction": d["instruction"], "input": d["input"], "output_1": d["output"],
+             "output_2": d["output"] + "9", "preference": 1} for d in demos["sft"][:16]]
     pairs = reward.make_pairs(tok, recs, "compact", 32, 10)
     reward.train_reward_model(rm, pairs, tok.pad_token_id, lr=1e-2, batch_size=8, epochs=1, max_grad_norm=1.0, seed=0,
                               show=False)
