@@ -9,7 +9,9 @@ run (policy, reference, RM, value), in four modes: as today (one process), --fsd
 --lora-rank 16, and both. Each process reports its peak resident set size (RSS) during the
 iteration (VmHWM in /proc/self/status, reset just before it by writing 5 to
 /proc/self/clear_refs). RSS counts everything the process holds: weights, gradients, Adam's state,
-activations, the Python interpreter and the libraries (~0.5 GiB).
+activations, the Python interpreter and the libraries (~0.4 GiB). The workers run with
+MALLOC_MMAP_THRESHOLD_=65536, so that blocks freed by torch go back to the system at once (else
+glibc keeps them, and RSS counts freed all-gather buffers).
 
 Planned: bytes per GPU of the four models' weights, gradients and Adam state for a Llama-7B
 config, instantiated on the meta device (parameter counts only, no weights), as this code keeps
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -173,7 +176,11 @@ def measure(work: Path, lora_rank: int) -> list[dict]:
         cmd = [*launch, str(ROOT / "bench_memory.py"), "--worker", folder, "--out", str(out), "--lora-rank", str(rank)]
         cmd += ["--fsdp"] if fsdp else []
         print(f"measuring: {name}", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        # glibc's malloc keeps freed blocks for reuse, and raises its mmap threshold after large frees, so RSS
+        # would count FSDP's many freed all-gather buffers; a fixed 64 KiB threshold returns every larger block
+        # to the system when it is freed, and RSS follows the live tensors
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"error: mode {name} failed:\n{proc.stderr[-3000:]}")
         results.append({"mode": name, "processes": 2 if fsdp else 1, "ranks": json.loads(out.read_text())})
