@@ -5,6 +5,10 @@
                                each rank's own RNG states (gathered: only rank 0 writes)
     DIR/iter_000020/COMPLETE   written last
 
+    DIR/iter_000020/shards/    under --fsdp: the weights and optimizer state, sharded
+                               (torch.distributed.checkpoint: each rank writes its own shard, so a
+                               7B state never has to fit in one process); state.pt holds the rest
+
 A checkpoint is built in a hidden `.iter_000020.tmp` folder and renamed into place only after
 every file (and the COMPLETE marker) is on disk, so a process killed while writing one leaves
 the previous checkpoint as the latest usable one. The last `keep` checkpoints are kept.
@@ -21,6 +25,7 @@ import data
 import dist
 
 COMPLETE = "COMPLETE"
+SHARDS = "shards"
 NAME = re.compile(r"^iter_(\d{6})$")
 
 
@@ -31,9 +36,10 @@ def _save(obj, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def save(directory, iteration: int, shared: dict, own: dict, keep: int = 2) -> Path:
+def save(directory, iteration: int, shared: dict, own: dict, keep: int = 2, sharded: dict | None = None) -> Path:
     """Write checkpoint `iteration` and delete all but the newest `keep`. Every rank calls this:
-    `own` (this rank's RNG states) is gathered, and rank 0 writes everything."""
+    `own` (this rank's RNG states) is gathered, and rank 0 writes everything, except `sharded`
+    (--fsdp: state dicts of DTensors), which every rank writes its own shard of."""
     directory = Path(directory)
     final = directory / f"iter_{iteration:06d}"
     tmp = directory / f".iter_{iteration:06d}.tmp"
@@ -41,6 +47,11 @@ def save(directory, iteration: int, shared: dict, own: dict, keep: int = 2) -> P
     if dist.is_main():
         data.remove(tmp)
         tmp.mkdir(parents=True)
+    if sharded is not None:
+        import torch.distributed.checkpoint as dcp
+        dist.barrier()  # rank 0 has made the folder
+        dcp.save(sharded, checkpoint_id=str(tmp / SHARDS))  # a collective; returns when every shard is written
+    if dist.is_main():
         _save({**shared, "ranks": ranks, "world_size": dist.world()}, tmp / "state.pt")
         (tmp / COMPLETE).write_text(f"iteration {iteration}\n")
         data.remove(final)
@@ -76,3 +87,44 @@ def load(path) -> tuple[dict, dict]:
                          f"resume it with as many (torchrun --nproc_per_node={shared['world_size']}), or "
                          f"restart that stage alone with --stage STAGE --force")
     return shared, shared.pop("ranks")[dist.rank()]
+
+
+class TrainState:
+    """What a PPO checkpoint holds of the models: the policy's and value model's weights and the
+    optimizer's state. Plain state dicts go into state.pt (`plain`); under --fsdp they are sharded
+    DTensors, written with torch.distributed.checkpoint by every rank (`sharded`; frozen
+    parameters, such as a LoRA backbone, are left out: they are reloaded from their folder)."""
+
+    def __init__(self, policy, value, optimizer):
+        import fsdp
+        self.policy, self.value, self.optimizer = policy, value, optimizer
+        self.is_sharded = fsdp.is_sharded(policy)
+
+    def _dcp_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        both = torch.nn.ModuleDict({"policy": self.policy, "value": self.value})
+        weights, optim = get_state_dict(both, self.optimizer, options=StateDictOptions(ignore_frozen_params=True))
+        return {"models": weights, "optimizer": optim}
+
+    def plain(self) -> dict:
+        if self.is_sharded:
+            return {}
+        return {"policy": self.policy.state_dict(), "value": self.value.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def sharded(self) -> dict | None:
+        return self._dcp_state() if self.is_sharded else None
+
+    def load(self, shared: dict, path) -> None:
+        if not self.is_sharded:
+            self.policy.load_state_dict(shared["policy"])
+            self.value.load_state_dict(shared["value"])
+            self.optimizer.load_state_dict(shared["optimizer"])
+            return
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        state = self._dcp_state()  # the layout to read into (each rank's shards)
+        dcp.load(state, checkpoint_id=str(Path(path) / SHARDS))
+        both = torch.nn.ModuleDict({"policy": self.policy, "value": self.value})
+        set_state_dict(both, self.optimizer, model_state_dict=state["models"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(ignore_frozen_params=True, strict=False))  # frozen: not in it

@@ -21,6 +21,10 @@ How the stages use it (STYLE.md 13, 17):
     original order (`gather`) and rank 0 writes them;
   * every statistic that is logged or feeds the algorithm (whitening, RM normalisation, the
     KL controller's measured KL) is computed from all-reduced sums (`all_sum`).
+
+With --fsdp the models are also sharded over the ranks (fsdp.py); the data parallelism above
+stays as it is, except that FSDP reduce-scatters the sharded parameters' gradients itself
+(`sum_gradients` and `broadcast_parameters` skip DTensors).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import random
 
 import torch
 import torch.distributed as td
+from torch.distributed.tensor import DTensor
 
 
 def launched_by_torchrun() -> bool:
@@ -199,7 +204,8 @@ def sum_gradients(params, bucket_numel: int = 2 ** 26) -> None:
     the global-batch loss. Gradients are flattened into buckets to make few, large calls."""
     if world() == 1:
         return
-    params = [p for p in params if p.requires_grad]
+    # parameters sharded by --fsdp (DTensors) had their gradients reduce-scattered in the backward pass
+    params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
     for p in params:
         if p.grad is None:  # a parameter this rank's batch did not reach still takes part
             p.grad = torch.zeros_like(p)
@@ -224,4 +230,5 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
     if world() == 1:
         return
     for t in list(module.parameters()) + list(module.buffers()):
-        td.broadcast(t.data, src=0)
+        if not isinstance(t, DTensor):  # a model sharded by --fsdp was broadcast before it was sharded
+            td.broadcast(t.data, src=0)

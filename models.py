@@ -23,6 +23,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 
 import dist
+import fsdp
 
 transformers.utils.logging.disable_progress_bar()  # per-file load/save bars drown our own
 
@@ -267,10 +268,26 @@ def backbone(model):
     return getattr(model, model.base_model_prefix)
 
 
-def save_pretrained(model, tokenizer, path) -> None:
+def decoder_layers(model, named: bool = False) -> list:
+    """The transformer blocks of a model: the longest nn.ModuleList in its backbone (Llama,
+    Mistral, Qwen, SmolLM2: `model.layers`). LoRA adapts the projections inside them and FSDP
+    makes each one a unit. named: (qualified name, layer) pairs."""
+    prefix = model.base_model_prefix
+    lists = [(name, m) for name, m in backbone(model).named_modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__}: no list of decoder layers found in its backbone")
+    name, layers = max(lists, key=lambda item: len(item[1]))
+    if named:
+        return [(f"{prefix}.{name}.{i}", layer) for i, layer in enumerate(layers)]
+    return list(layers)
+
+
+def save_pretrained(model, tokenizer, path, state_dict: dict | None = None) -> None:
+    """A Hugging Face folder; state_dict (default: the model's own) replaces the weights written,
+    e.g. the gathered full weights of a sharded model or LoRA's merged ones."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(path)
 
 
@@ -455,6 +472,10 @@ def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
     """Final-layer hidden state of the last real token of prompt+response: [B, H]."""
+    return fsdp.as_root_forward(model, lambda: _last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask))
+
+
+def _last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
     ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
     hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     last = prompt_ids.shape[1] + resp_mask.sum(-1).long() - 1
@@ -472,7 +493,8 @@ def head_score(model, hidden: torch.Tensor) -> torch.Tensor:
 
 def sequence_scores(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
     """Reward model r(x, y): the score head on the last real token of prompt+response (Step 2)."""
-    return head_score(model, last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask))
+    return fsdp.as_root_forward(model, lambda: head_score(model, _last_token_hidden(model, prompt_ids, prompt_mask,
+                                                                                      resp_ids, resp_mask)))
 
 
 def token_values(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.Tensor:
@@ -480,8 +502,12 @@ def token_values(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.T
     (the same positions as `response_logits`, STYLE.md 10): [B, R]."""
     ids, attn, pos = join(prompt_ids, prompt_mask, resp_ids, resp_mask)
     P, R = prompt_ids.shape[1], resp_ids.shape[1]
-    hidden = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-    return model.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()
+
+    def values():  # backbone and head: one root forward under --fsdp
+        out = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        hidden = out.last_hidden_state
+        return model.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()
+    return fsdp.as_root_forward(model, values)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -491,7 +517,9 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
            generator: torch.Generator | None = None):
     """Batched sampling with a KV cache from exactly softmax(logits / T) (T = 0: greedy).
     Returns response ids [B, R] (pad after the first EOS), their log-probs under the
-    same temperature, and the response mask."""
+    same temperature, and the response mask. Under --fsdp every forward is a collective, so
+    every rank runs the same number of decoding steps: a rank whose rows have all ended keeps
+    stepping (on pad tokens, masked out) until every rank's rows have (fsdp.all_done)."""
     device = prompt_ids.device
     B = prompt_ids.shape[0]
     attn = prompt_mask.long()
@@ -515,7 +543,7 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(logp), logp))
         done |= tok == eos_id
-        if done.all():
+        if fsdp.all_done(model, done):
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], 1)
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, cache=cache, use_cache=True)
@@ -523,7 +551,8 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
         next_pos = next_pos + 1
     ids = torch.stack(tokens, 1)
     mask = response_mask(ids, eos_id)
-    return ids, torch.stack(logps, 1) * mask, mask
+    width = int(mask.sum(-1).max())  # under --fsdp, steps after this rank's rows all ended: dropped
+    return ids[:, :width], (torch.stack(logps, 1) * mask)[:, :width], mask[:, :width]
 
 
 @torch.no_grad()
@@ -537,6 +566,8 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], n: int, temper
     device = next(model.parameters()).device
     model.eval()
     local = dist.shard(list(range(len(prompt_ids))))
+    n_local = len(local)
+    local += fsdp.lockstep_padding(model, len(prompt_ids))  # under --fsdp: as many chunks as every rank
     flat = [prompt_ids[i] for i in local for _ in range(n)]
     texts = []
     for i in tqdm(range(0, len(flat), batch_size), desc=desc, disable=not show or desc is None, leave=False):
@@ -545,7 +576,7 @@ def generate_texts(model, tokenizer, prompt_ids: list[list[int]], n: int, temper
             r_ids, _, r_mask = sample(model, ids, mask, max_new_tokens, temperature, tokenizer.eos_token_id,
                                       tokenizer.pad_token_id, generator)
         texts += decode_responses(tokenizer, r_ids, r_mask)
-    return dist.gather([texts[i * n:(i + 1) * n] for i in range(len(local))])
+    return dist.gather([texts[i * n:(i + 1) * n] for i in range(n_local)])
 
 
 @torch.no_grad()
@@ -556,6 +587,8 @@ def score_texts(rm, tokenizer, prompt_ids: list[list[int]], responses: list[str]
     device = next(rm.parameters()).device
     rm.eval()
     local = dist.shard(list(range(len(responses))))
+    n_local = len(local)
+    local += fsdp.lockstep_padding(rm, len(responses))  # under --fsdp: as many chunks as every rank
     resp = encode_responses(tokenizer, [responses[i] for i in local], max_response_len)
     prompts = [prompt_ids[i] for i in local]
     out = []
@@ -564,7 +597,7 @@ def score_texts(rm, tokenizer, prompt_ids: list[list[int]], responses: list[str]
         r_ids, r_mask = right_pad(resp[i:i + batch_size], tokenizer.pad_token_id, device)
         with autocast(device):
             out += sequence_scores(rm, p_ids, p_mask, r_ids, r_mask).float().cpu().tolist()
-    return torch.tensor(dist.gather(out), dtype=torch.float32)
+    return torch.tensor(dist.gather(out[:n_local]), dtype=torch.float32)
 
 
 def make_generator(device, seed: int) -> torch.Generator:

@@ -321,7 +321,7 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
     dist.per_rank(cfg.step_batch, "--step-batch")
     dist.broadcast_parameters(policy)
     dist.broadcast_parameters(value)
-    params = list(policy.parameters()) + list(value.parameters())
+    params = [p for p in list(policy.parameters()) + list(value.parameters()) if p.requires_grad]  # LoRA: adapters, heads
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)  # Adam eps 1e-5 (STYLE.md 14)
     # linear decay to 0 over the run, stepped once per rollout (AlpacaFarm decays too)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - it / max(1, cfg.iterations))
@@ -331,14 +331,15 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
     generator = models.make_generator(device, cfg.seed)  # sampling: a different seed on each rank
     sample_prompts = list(range(min(SAMPLE_PROMPTS, len(prompts))))  # the same prompts every iteration
 
+    state = checkpoint.TrainState(policy, value, optimizer)  # weights and optimizer: sharded under --fsdp
+
     def save_checkpoint(next_iteration: int) -> None:
-        shared = {"iteration": next_iteration, "policy": policy.state_dict(), "value": value.state_dict(),
-                  "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "kl_coef": kl.value,
+        shared = {"iteration": next_iteration, **state.plain(), "scheduler": sched.state_dict(), "kl_coef": kl.value,
                   "batches": batches.state_dict(), "shuffle_rng": shuffle_rng.getstate(),
                   "metrics_bytes": metrics.size() if metrics is not None else 0,
                   "samples_bytes": samples.size() if samples is not None else 0}
         own = {"generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
-        checkpoint.save(checkpoint_dir, next_iteration, shared, own, cfg.checkpoint_keep)
+        checkpoint.save(checkpoint_dir, next_iteration, shared, own, cfg.checkpoint_keep, sharded=state.sharded())
 
     start = 0
     found = None
@@ -346,9 +347,7 @@ def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], recor
         found = dist.broadcast_object(checkpoint.latest(checkpoint_dir) if dist.is_main() else None)
     if found is not None:
         shared, own = checkpoint.load(found)
-        policy.load_state_dict(shared["policy"])
-        value.load_state_dict(shared["value"])
-        optimizer.load_state_dict(shared["optimizer"])
+        state.load(shared, found)
         sched.load_state_dict(shared["scheduler"])
         kl.value = shared["kl_coef"]
         batches.load_state_dict(shared["batches"])

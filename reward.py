@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dist
+import fsdp
 import models
 from models import autocast
 
@@ -60,8 +61,11 @@ def pairwise_accuracy(rm, pairs: list[Pair], pad_id: int, batch_size: int = 64) 
     rm.eval()
     correct, margin = 0.0, 0.0
     local = dist.shard(pairs)
+    n_local = len(local)
+    local += [pairs[i] for i in fsdp.lockstep_padding(rm, len(pairs))]  # under --fsdp: as many forwards as rank 0
     for i in range(0, len(local), batch_size):
         c, r = pair_rewards(rm, local[i:i + batch_size], pad_id)
+        c, r = c[:max(0, n_local - i)], r[:max(0, n_local - i)]  # the padding counts for nothing
         correct += ((c > r).float() + 0.5 * (c == r).float()).sum().item()
         margin += (c - r).float().sum().item()
     correct, margin = dist.all_sum([correct, margin]).tolist()

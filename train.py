@@ -7,6 +7,8 @@
     torchrun --standalone --nproc_per_node=2 train.py   # data parallel: 2 processes (GPUs, or CPU with gloo)
     torchrun --nnodes=2 --nproc_per_node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 --rdzv-id=rlp1 train.py
                                              # the same on each of 2 machines (README: data parallelism)
+    torchrun --standalone --nproc_per_node=8 train.py --fsdp --lora-rank 16
+                                             # every model sharded (FSDP2), LoRA adapters (README: scale)
 
 Stages (each writes DIR/<stage>/ with a DONE marker once all its outputs are on disk;
 `all` skips a stage whose output is complete, `--force` redoes it; re-running a killed command
@@ -70,6 +72,12 @@ class Config:
                                     "when the tokenizer has a template, else alpaca (saved in config.json)")
     gradient_checkpointing: bool = opt(False, "recompute activations in backward passes: less memory, ~30% more "
                                               "compute (ours: off; for long sequences on a GPU)")
+    lora_rank: int = opt(0, "LoRA rank r for the policy, RM and value model: adapters on the attention and MLP "
+                            "projections, backbone frozen (lora.py); 0 = full fine-tuning (ours: off)")
+    lora_alpha: float = opt(0.0, "LoRA alpha (updates scaled by alpha / r); 0 = r, scale 1 (Hu et al. 2021 set "
+                                 "alpha to the first r they tried)")
+    fsdp: bool = opt(False, "under torchrun, shard every model, its gradients and Adam state over the processes "
+                            "with FSDP2 (fsdp.py; ours: off = plain data parallelism)")
     max_prompt_len: int = opt(0, "max prompt tokens; longer prompts are an error; 0 = 32 for the built-in "
                                  "char-level model (ours), else 192 (AlpacaFarm)")
     max_response_len: int = opt(0, "max response tokens incl. EOS; 0 = 10 for the built-in model (the task's "
@@ -241,6 +249,8 @@ class Config:
             raise SystemExit("error: --checkpoint-keep must be >= 1")
         if self.rlp_n < 2:
             raise SystemExit("error: --rlp-n must be >= 2 (UML needs two views, SPG needs clusters)")
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise SystemExit("error: --lora-rank and --lora-alpha must be >= 0")
 
 
 # settings that do not change what a run computes (micro-batching changes only float summation order)
@@ -283,9 +293,20 @@ class Run:
 
     # ---- writing: rank 0 only (every rank holds the same weights and gathered data)
     def save_model(self, model, tokenizer, path) -> None:
+        """A plain Hugging Face folder: under --fsdp the full weights gathered on rank 0 (every rank
+        takes part), with LoRA the adapters merged in, and saved on their own beside them."""
+        import fsdp
+        import lora
         import models
+        state = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None
+        if lora.has_adapters(model):
+            state = model.state_dict() if state is None else state
+            adapters = lora.adapter_state_dict(state, lora.trainable_names(model))
+            state = lora.merged_state_dict(state, model.lora_settings)
         if self.main:
-            models.save_pretrained(model, tokenizer, path)
+            models.save_pretrained(model, tokenizer, path, state)
+            if lora.has_adapters(model):
+                lora.save_adapters(adapters, model.lora_settings, path)
 
     def write_records(self, path, rows, where: bool = False) -> None:
         import data
@@ -323,13 +344,22 @@ class Run:
 
     def policy(self, path, train: bool = False):
         import models
-        model = models.load_policy(path, self.device)
-        return models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
+        return self.prepare(models.load_policy(path, self.device), train)
 
     def scorer(self, path, fresh_head: bool = False, train: bool = False):
         import models
-        model = models.load_scorer(path, self.device, fresh_head=fresh_head)
-        return models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
+        return self.prepare(models.load_scorer(path, self.device, fresh_head=fresh_head), train, head=True)
+
+    def prepare(self, model, train: bool, head: bool = False):
+        """A loaded model as the run's options want it: LoRA adapters (to train; head: a score head
+        that trains too), gradient checkpointing (to train), FSDP sharding (every model)."""
+        import fsdp
+        import lora
+        import models
+        if train and self.cfg.lora_rank:
+            lora.add_adapters(model, self.cfg.lora_rank, self.cfg.lora_alpha, trainable_head=head)
+        models.gradient_checkpointing(model, train and self.cfg.gradient_checkpointing)
+        return fsdp.shard(model, self.device) if self.cfg.fsdp else model
 
 
 def seed_everything(seed: int) -> None:
@@ -479,10 +509,11 @@ def stage_sft(run: Run, dest: Path, metrics) -> None:
         tokenizer = models.build_char_tokenizer()
         model = models.new_tiny_llama(tokenizer, cfg.model_hidden, cfg.model_layers, cfg.model_heads,
                                       cfg.max_prompt_len + cfg.max_response_len, cfg.seed).to(run.device)
-    models.gradient_checkpointing(model, cfg.gradient_checkpointing)
+    model = run.prepare(model, train=True)
     prompts = run.prompts(tokenizer, recs)
     responses = models.encode_responses(tokenizer, [r["output"] for r in recs], cfg.max_response_len)
-    run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(recs)} demonstrations, "
+    run.log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters ("
+            f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained), {len(recs)} demonstrations, "
             f"prompt style {cfg.prompt_style}, responses end with {tokenizer.eos_token}")
     train_sft(model, tokenizer, prompts, responses, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.sft_lr,
               warmup=cfg.sft_warmup, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, micro_batch=cfg.micro_batch,
@@ -506,7 +537,7 @@ def stage_prefs(run: Run, dest: Path, metrics) -> None:
         run.log(f"  {stats}")
         return
     tokenizer = run.tokenizer()
-    policy = models.load_policy(data_require(run, "sft"), run.device)
+    policy = run.policy(data_require(run, "sft"))
     recs = run.records("pref", data.INSTRUCTION)
     outputs = models.generate_texts(policy, tokenizer, run.prompts(tokenizer, recs), 2, cfg.pref_temperature,
                                     cfg.max_response_len, cfg.gen_batch,
@@ -565,13 +596,14 @@ def run_ppo(run: Run, rm_dir: Path, dest: Path, metrics, desc: str, reward=None)
     the value model starts from that RM with a zeroed head. `reward` (a ppo.TextReward)
     replaces the RM's score, with the value model still started from rm_dir (stage ppo_gold)."""
     import data
-    import models
+    import lora
     from ppo import PPOConfig, train_ppo
     cfg = run.cfg
     tokenizer = run.tokenizer()
     sft_dir = data_require(run, "sft")
-    policy, ref = run.policy(sft_dir, train=True), models.load_policy(sft_dir, run.device)
-    rm = reward if reward is not None else models.load_scorer(rm_dir, run.device)
+    policy = run.policy(sft_dir, train=True)
+    ref = lora.reference(policy) if cfg.lora_rank else run.policy(sft_dir)  # LoRA: the policy, adapters off
+    rm = reward if reward is not None else run.scorer(rm_dir)
     value = run.scorer(rm_dir, fresh_head=True, train=True)
     recs = run.records("unlabeled", data.INSTRUCTION)
     pcfg = PPOConfig(iterations=cfg.ppo_iterations, rollout_batch=cfg.rollout_batch, step_batch=cfg.step_batch,
@@ -616,11 +648,10 @@ def stage_ppo_gold(run: Run, dest: Path, metrics) -> None:
 def stage_rlp_samples(run: Run, dest: Path, metrics) -> None:
     """Step 4, first half: the policy sample set P, drawn once and shared by UML and SPG."""
     import data
-    import models
     import rlp
     cfg = run.cfg
     tokenizer = run.tokenizer()
-    policy = models.load_policy(data_require(run, "ppo") / "policy", run.device)
+    policy = run.policy(data_require(run, "ppo") / "policy")
     recs = run.records("unlabeled", data.INSTRUCTION)
     samples = rlp.build_policy_samples(policy, tokenizer, recs, run.prompts(tokenizer, recs), cfg.rlp_n,
                                        cfg.rlp_temperature, cfg.max_response_len, cfg.gen_batch, cfg.seed + 4,
@@ -707,7 +738,7 @@ def stage_rlp_spg(run: Run, dest: Path, metrics) -> None:
     tokenizer = run.tokenizer()
     samples = data.read_records(data_require(run, "rlp_samples") / "P.jsonl", data.SAMPLES)
     prompts = run.prompts(tokenizer, samples)
-    rm_step2 = models.load_scorer(data_require(run, "reward"), run.device)
+    rm_step2 = run.scorer(data_require(run, "reward"))
     judge_pairs = None
     if cfg.synthetic_labels == "rlaif":  # the Step-3 policy judges its own samples (judge.py)
         import judge
@@ -836,6 +867,8 @@ def check_world(cfg: Config) -> None:
 def main(argv=None) -> None:
     cfg = parse_args(argv)
     import dist
+    import fsdp
+    fsdp.check_launch(cfg.fsdp)
     device = dist.init()
     try:
         run_stages(cfg, device)
