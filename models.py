@@ -256,7 +256,7 @@ def check_scorer_support(flag: str, name: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
     folder, gguf_file = resolve_model(name)
-    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
     if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise SystemExit(f"error: {flag} {name}: transformers has no sequence-classification class for the "
                          f"{config.model_type!r} family ({type(config).__name__}), so the reward and value models "

@@ -501,7 +501,8 @@ def test_clusterer_passes_the_question_to_the_nli_model(monkeypatch, flag):
     cluster = train.spg_clusterer(train.Run(cfg, torch.device("cpu")))
     rec = {"instruction": "Name a city.", "input": "In France", "outputs": ["Paris.", "Lyon.", "Paris."]}
     assert cluster(rec) == [0, 1, 0]
-    want = {"Paris.", "Lyon."} if flag == "off" else {"Name a city.\n\nIn France Paris.", "Name a city.\n\nIn France Lyon."}
+    question = "Name a city.\n\nIn France "
+    want = {"Paris.", "Lyon."} if flag == "off" else {question + "Paris.", question + "Lyon."}
     assert set(seen) == want
 
 
