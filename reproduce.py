@@ -11,8 +11,9 @@ killed reproduction continues where it stopped (and train.py resumes inside a ru
   gamma_{g}.seed{S}, n_{n}.seed{S}, lambda_{l}.seed{S}   sensitivity (0.5 / 10 / 0.5 are seed{S})
 A variant starts as a copy of seed S's finished stages that its settings do not change (every
 stage before Step 4; for n, before the set P) and train.py runs the rest. The main table uses
-every --seeds (default 5), Tables 4 and 5 the first --ablation-seeds of them (default 3), the
-sensitivity sweeps the first --sensitivity-seeds (default 1): the 90-minute budget.
+every --seeds (default 5), Tables 4 and 5 the first --ablation-seeds of them (default 1), the
+sensitivity sweeps the first --sensitivity-seeds (default 1). On a 2-core CPU a main run takes
+~12.7 min and a variant ~3 min, so the defaults take ~100 min; each more ablation seed adds ~19 min.
 """
 from __future__ import annotations
 
@@ -63,11 +64,11 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of a 95% Student-t interval over seeds (0 for one value)."""
+    """Mean and half-width of a 95% Student-t interval over seeds (nan for one value: no interval)."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
-        return mean, 0.0
+        return mean, math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
@@ -123,8 +124,9 @@ def stage_metric(run: Path, stage: str, key: str):
     return rows[-1][key] if rows else None
 
 
-def fmt(mean: float, ci: float, digits: int = 1) -> str:
-    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+def fmt(mean: float, ci: float, digits: int = 1, sign: str = "") -> str:
+    """"mean ± ci"; the mean alone when there is no interval (one seed)."""
+    return f"{mean:{sign}.{digits}f}" + ("" if math.isnan(ci) else f" ± {ci:.{digits}f}")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -167,7 +169,7 @@ def paired_table(seed_runs: list[Path]) -> str:
         if not (has_policy(seed_runs, a) and has_policy(seed_runs, b)):
             continue
         d = paired_differences(win_rates(seed_runs, a), win_rates(seed_runs, b))
-        rows.append(f"| {a} − {b} | {d['mean']:+.1f} ± {d['ci']:.1f} | {d['higher']} of {d['n']} seeds | "
+        rows.append(f"| {a} − {b} | {fmt(d['mean'], d['ci'], sign='+')} | {d['higher']} of {d['n']} seeds | "
                     f"{', '.join(f'{x:+.1f}' for x in d['diffs'])} |")
     return "\n".join(rows)
 
@@ -197,7 +199,7 @@ def variant_table(kind: str, variants: dict[str, list[Path]], base: str) -> str:
         wins = win_rates(runs, policy)
         gold = [read(r / "eval" / "results.json")["policies"][policy]["gold_score"] for r in runs]
         d = paired_differences(wins, win_rates(variants[base], policy))
-        diff = "–" if label == base else f"{d['mean']:+.1f} ± {d['ci']:.1f}"
+        diff = "–" if label == base else fmt(d["mean"], d["ci"], sign="+")
         cells = [fmt(*mean_ci(wins)), fmt(*mean_ci(gold), digits=3)]
         if kind == "uml":
             accs = [100 * read(r / "eval" / "results.json")["rm_accuracy"][rm]["PPO"]["accuracy"] for r in runs]
@@ -245,18 +247,20 @@ def findings(seed_runs: list[Path]) -> str:
     step2 = paired_differences([100 * r["rm_accuracy"]["Step-2 RM"]["PPO"]["accuracy"] for r in res],
                                [100 * r["rm_accuracy"]["Step-2 RM"]["SFT"]["accuracy"] for r in res])
     lines.append(f"- The premise: the Step-2 RM is {acc('Step-2 RM', 'SFT'):.1f}% accurate on SFT samples and "
-                 f"{acc('Step-2 RM', 'PPO'):.1f}% on PPO samples (paired difference {step2['mean']:+.1f} ± "
-                 f"{step2['ci']:.1f} points, lower in {n - step2['higher']} of {n} seeds); on PPO samples the RLP-UML "
-                 f"RM is {acc('RLP-UML RM', 'PPO'):.1f}% and the RLP-SPG RM {acc('RLP-SPG RM', 'PPO'):.1f}% accurate "
+                 f"{acc('Step-2 RM', 'PPO'):.1f}% on PPO samples (paired difference "
+                 f"{fmt(step2['mean'], step2['ci'], sign='+')} points, lower in {n - step2['higher']} of {n} seeds); "
+                 f"on PPO samples the RLP-UML RM is {acc('RLP-UML RM', 'PPO'):.1f}% and the RLP-SPG RM "
+                 f"{acc('RLP-SPG RM', 'PPO'):.1f}% accurate "
                  f"(mean over seeds).")
     for a, b in PAIRED:
         if not (has_policy(seed_runs, a) and has_policy(seed_runs, b)):
             continue
         d = paired_differences(win_rates(seed_runs, a), win_rates(seed_runs, b))
-        verdict = ("above 0" if d["mean"] - d["ci"] > 0 else "below 0" if d["mean"] + d["ci"] < 0
-                   else "includes 0")
-        lines.append(f"- {a} − {b}: {d['mean']:+.1f} ± {d['ci']:.1f} win-rate points (95% interval over {n} seeds "
-                     f"{verdict}); higher in {d['higher']} of {n} seeds.")
+        verdict = ("one seed: no interval" if math.isnan(d["ci"]) else
+                   f"95% interval over {n} seeds " + ("above 0" if d["mean"] - d["ci"] > 0 else
+                                                      "below 0" if d["mean"] + d["ci"] < 0 else "includes 0"))
+        lines.append(f"- {a} − {b}: {fmt(d['mean'], d['ci'], sign='+')} win-rate points ({verdict}); higher in "
+                     f"{d['higher']} of {n} seeds.")
     if has_policy(seed_runs, GOLD_PPO):
         sft, ppo, gold = (sum(win_rates(seed_runs, p)) / n for p in ("SFT", "PPO", GOLD_PPO))
         for name in ("RLP-UML", "RLP-SPG"):
@@ -348,7 +352,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="seeds of the main table (default 0 1 2 3 4)")
-    p.add_argument("--ablation-seeds", type=int, default=3, help="Tables 4 and 5 run on the first N seeds (default 3)")
+    p.add_argument("--ablation-seeds", type=int, default=1,
+                   help="Tables 4 and 5 run on the first N seeds (default 1: the CPU time budget; 3 adds ~38 min)")
     p.add_argument("--sensitivity-seeds", type=int, default=1, help="the sensitivity sweeps run on the first N seeds "
                                                                    "(default 1)")
     p.add_argument("--runs", default="runs/reproduce", help="folder of the runs (default runs/reproduce)")
@@ -376,7 +381,8 @@ def main(argv=None) -> None:
     seed_runs = [runs / f"seed{s}" for s in args.seeds]
     v = lambda name, group: [runs / f"{name}.seed{s}" for s in groups[group]]  # noqa: E731
     base = lambda group: [runs / f"seed{s}" for s in groups[group]]  # noqa: E731
-    seeds_of = lambda group: ", ".join(map(str, groups[group]))  # noqa: E731
+    seeds_of = lambda group: ("seed " if len(groups[group]) == 1 else "seeds ") + \
+        ", ".join(map(str, groups[group]))  # noqa: E731
     pics = figures(seed_runs, Path(args.figures))
     fig_rel = os.path.relpath(args.figures, Path(args.results).parent or ".")
     command = "python reproduce.py" + (" --tiny" if args.tiny else "") + \
@@ -387,8 +393,8 @@ def main(argv=None) -> None:
 
 Produced by `{command}`: {sum(seconds.values()) / 60:.1f} min of wall time in all (the sum of the
 runs' own wall times; this last invocation took {wall / 60:.1f} min) on: {hardware()}. {len(args.seeds)} seeds for the
-main table ({', '.join(map(str, args.seeds))}); Tables 4 and 5 use seeds {seeds_of("ablation")}, the sensitivity sweeps
-seed(s) {seeds_of("sensitivity")}. Every number below is read from the runs in `{runs}` (`eval/results.json`,
+main table ({', '.join(map(str, args.seeds))}); Tables 4 and 5 use {seeds_of("ablation")}, the sensitivity sweeps
+{seeds_of("sensitivity")}. Every number below is read from the runs in `{runs}` (`eval/results.json`,
 `*/metrics.jsonl`). The settings are `train.py`'s defaults, chosen as the tuning section says (on other seeds, looking
 only at SFT, Best-of-n, PPO and PPO on the gold reward).
 
@@ -419,22 +425,23 @@ instruction from each policy; mean ± 95% interval over seeds.
 
 {rm_table(seed_runs)}
 
-## Representation loss for RLP-UML (paper Table 4), seeds {seeds_of("ablation")}
+## Representation loss for RLP-UML (paper Table 4), {seeds_of("ablation")}
 
-Mean ± 95% interval over seeds; the last column is the paired difference with MIB.
+Mean ± 95% interval over seeds (on one seed, its values alone: one seed ranks nothing that
+differs by a few points); the last column is the paired difference with MIB.
 
 {variant_table("uml", {"MIB (the paper's L_M)": base("ablation"), "MVI: I(z_1; z_2) only": v("uml_mvi", "ablation"),
                        "InfoMax: I(v; z) only": v("uml_infomax", "ablation"),
                        "contrastive (InfoNCE)": v("uml_contrastive", "ablation")}, "MIB (the paper's L_M)")}
 
-## Synthetic preferences for RLP-SPG (paper Table 5), seeds {seeds_of("ablation")}
+## Synthetic preferences for RLP-SPG (paper Table 5), {seeds_of("ablation")}
 
 {variant_table("spg", {"SPG (self-consistency, gamma 0.5)": base("ablation"),
                        "Select-All (gamma 0)": v("spg_select_all", "ablation"),
                        "Reward (Step-2 RM ranks two samples)": v("spg_reward", "ablation"),
                        "RLAIF (the policy judges)": v("spg_rlaif", "ablation")}, "SPG (self-consistency, gamma 0.5)")}
 
-## Sensitivity, seeds {seeds_of("sensitivity")}
+## Sensitivity, {seeds_of("sensitivity")}
 
 SPG confidence threshold gamma:
 

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_mean_ci_student_t_by_hand():
     mean, ci = reproduce.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert reproduce.mean_ci([5.0]) == (5.0, 0.0)
+    mean1, ci1 = reproduce.mean_ci([5.0])  # one seed: no interval, and the table says so
+    assert mean1 == 5.0 and math.isnan(ci1) and reproduce.fmt(mean1, ci1) == "5.0"
+    assert reproduce.fmt(2.0, 0.25, sign="+") == "+2.0 ± 0.2"
     _, ci2 = reproduce.mean_ci([1.0, 3.0])  # df = 1: t = 12.706, sd = sqrt(2)
     assert ci2 == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))
 
@@ -74,3 +76,17 @@ def test_version_table_round_trip():
     versions = {name: f"1.{i}.0" for i, name in enumerate(reproduce.PACKAGES)}
     text = "# R\n\n## Package versions\n\nsome words\n\n" + reproduce.versions_table(versions) + "\n\n## Next\n| a | b |\n"
     assert reproduce.read_versions_table(text) == versions
+
+
+def test_pins_cover_the_packages_that_decide_the_numbers():
+    pins = requirement_pins()
+    assert set(reproduce.PACKAGES) <= set(pins), set(reproduce.PACKAGES) - set(pins)
+
+
+def test_results_name_the_pinned_versions():
+    """RESULTS.md says which versions made its numbers; they must be the ones requirements.txt
+    installs, or a fresh install cannot reproduce them."""
+    named = reproduce.read_versions_table((ROOT / "RESULTS.md").read_text())
+    pins = requirement_pins()
+    assert named, "RESULTS.md has no package-versions table"
+    assert named == {name: pins[name] for name in reproduce.PACKAGES}
