@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import models
 import ppo
+import tiny_models
 from tiny_models import bpe_tokenizer, prompt_corpus
 
 INSTRUCTIONS = ["Say hi.", "Name a colour that is warm and bright.", "What is two plus two?",
@@ -63,11 +64,7 @@ def family(request, tmp_path_factory):
 
 
 def ppo_config(**kw) -> ppo.PPOConfig:
-    base = dict(iterations=1, rollout_batch=4, step_batch=4, ppo_epochs=1, lr=1e-3, kl_coef=0.1, kl_target=None,
-                kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0,
-                temperature=1.0, max_response_len=6, max_grad_norm=1.0, whiten_rewards=True, no_eos_penalty=None,
-                seed=0)
-    return ppo.PPOConfig(**{**base, **kw})
+    return tiny_models.ppo_config(**{"step_batch": 4, "max_response_len": 6, **kw})
 
 
 def own_logprobs(model, prompt: list[int], resp: list[int], temperature: float) -> torch.Tensor:

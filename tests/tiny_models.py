@@ -11,6 +11,16 @@ from transformers import (BertConfig, BertForSequenceClassification, BertModel, 
                           PreTrainedTokenizerFast)
 
 import models
+import ppo
+
+
+def ppo_config(**kw) -> ppo.PPOConfig:
+    """A PPOConfig for one small test iteration; each test overrides what it needs."""
+    base = dict(iterations=1, rollout_batch=4, step_batch=2, ppo_epochs=1, lr=1e-3, kl_coef=0.1, kl_target=None,
+                kl_horizon=10000, clip_range=0.2, clip_range_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0,
+                temperature=1.0, max_response_len=8, max_grad_norm=1.0, whiten_rewards=True, no_eos_penalty=None,
+                seed=0)
+    return ppo.PPOConfig(**{**base, **kw})
 
 # ChatML, the format of SmolLM2's template (shortened: no default system prompt), with a BOS as
 # Llama/Mistral templates write one: encode_prompts must not add a second
