@@ -4,7 +4,10 @@ accuracy and scores over an odd number of items, so the ranks' shards differ in 
 PPO iteration, sharded with FSDP2 (`fsdp`) or not (`plain`), with LoRA adapters of that rank (0 =
 none). Rank 0 saves, under OUT:
 
-  sft.pt, rm.pt, ppo.pt     full state dicts after training (gathered under FSDP) and statistics
+  sft.pt, rm.pt, ppo.pt     full state dicts after training (gathered under FSDP) and statistics;
+                            sft.pt and rm.pt also hold the gradient of the first global batch, taken
+                            before any optimizer step (full, gathered under FSDP), and rm.pt the
+                            scores and accuracy of the RM as initialised (the same weights everywhere)
   sampler_RANK.pt           greedy sampling where rank 0's rows all end at the first step and
                             rank 1's never end, from the sharded model and from an unsharded copy;
                             the number of parameter elements this rank holds
@@ -39,6 +42,13 @@ def main(out: Path, mode: str, rank: int) -> None:
     def full(model) -> dict:
         return fsdp.full_state_dict(model) if sharded else {k: v.clone() for k, v in model.state_dict().items()}
 
+    def full_grads(model) -> dict:
+        """Every gradient of the model, summed over ranks (a collective under FSDP), then cleared."""
+        grads = {name: (p.grad.full_tensor() if sharded else p.grad).clone()
+                 for name, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return grads
+
     tok = models.build_char_tokenizer()
     model_dir = out / "tiny"
     if dist.is_main():
@@ -49,14 +59,16 @@ def main(out: Path, mode: str, rank: int) -> None:
     prompts = models.encode_prompts(tok, demos, "compact", 32)
     responses = models.encode_responses(tok, [r["output"] for r in demos], 10)
 
-    # two SFT steps (AdamW, clipping) on global batches of 16
+    # the gradient of one global batch of 16, then two SFT steps (AdamW, clipping) on global batches of 16
     torch.manual_seed(5)
     policy = prepare(models.load_policy(model_dir, device), train=True)
+    sft.accumulate_gradients(policy, tok, prompts, responses, list(range(3, 19)), 16 // dist.world())
+    sft_grad = full_grads(policy)
     sft.train_sft(policy, tok, prompts, responses, steps=2, batch_size=16, lr=1e-2, warmup=1, max_grad_norm=0.5,
                   seed=0, show=False)
     state = full(policy)
     if dist.is_main():
-        torch.save({"state": state}, out / "sft.pt")
+        torch.save({"state": state, "grad": sft_grad}, out / "sft.pt")
 
     # two RM steps on global batches of 8 pairs; accuracy and scores over 5 items (uneven shards)
     torch.manual_seed(1)  # the new score head (and adapters): the same on every rank
@@ -64,13 +76,22 @@ def main(out: Path, mode: str, rank: int) -> None:
     recs = [{"instruction": d["instruction"], "input": d["input"], "output_1": d["output"],
              "output_2": d["output"][::-1] + "x", "preference": 1 + i % 2} for i, d in enumerate(demos[:24])]
     pairs = reward.make_pairs(tok, recs, "compact", 32, 10)
-    reward.train_reward_model(rm, pairs, tok.pad_token_id, lr=1e-2, batch_size=8, epochs=0.67, max_grad_norm=0.5,
-                              seed=0, show=False)
+    # as initialised (the same weights in every run): scores and accuracy over 5 items (uneven shards)
     acc = reward.pairwise_accuracy(rm, pairs[:5], tok.pad_token_id, batch_size=2)
     scores = models.score_texts(rm, tok, prompts[:5], [r["output"] for r in demos[:5]], 10, batch_size=2)
+    with torch.no_grad():
+        chosen, rejected = reward.pair_rewards(rm, pairs[:5], tok.pad_token_id)  # every rank: all 5
+    margins = chosen - rejected
+    # the gradient of one global batch of 8 pairs, then two RM steps on global batches of 8
+    reward.accumulate_gradients(rm, pairs, list(range(8)), tok.pad_token_id, 8 // dist.world())
+    dist.sum_gradients(rm.parameters())
+    rm_grad = full_grads(rm)
+    reward.train_reward_model(rm, pairs, tok.pad_token_id, lr=1e-2, batch_size=8, epochs=0.67, max_grad_norm=0.5,
+                              seed=0, show=False)
     state = full(rm)
     if dist.is_main():
-        torch.save({"state": state, "accuracy": acc, "scores": scores}, out / "rm.pt")
+        torch.save({"state": state, "grad": rm_grad, "accuracy": acc, "scores": scores, "margins": margins},
+                   out / "rm.pt")
 
     # one PPO iteration from the first checkpoint
     torch.manual_seed(2)
