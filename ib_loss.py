@@ -14,12 +14,8 @@
 Gradients of L_M flow into the RM backbone through h(v): that is how the unlabelled
 policy samples shape the reward model's representation.
 
-The paper's Table 4 ablation replaces L_M with other representation losses; `MIBHeads(kind=...)`
-computes each (UML_LOSSES), all on the same two views:
-  mib          -I(z_1; z_2) + beta * D_SKL          the paper's L_M
-  mvi          -I(z_1; z_2)                         multi-view InfoMax: no bottleneck term
-  infomax      -(I(v_1; z_1) + I(v_2; z_2)) / 2     InfoMax: each view with its own code, T(h, z)
-  contrastive  InfoNCE between mu(h_1) and mu(h_2)  all other rows of the batch are negatives
+The paper's Table 4 replaces L_M with other representation losses (MVI, InfoMax, contrastive):
+extras/ablations.py, as subclasses of MIBHeads that change `objective`.
 """
 from __future__ import annotations
 
@@ -41,20 +37,6 @@ def symmetric_kl(mu1: torch.Tensor, std1: torch.Tensor, mu2: torch.Tensor, std2:
 def jsd_mutual_information(critic_pos: torch.Tensor, critic_neg: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon MI estimate (Hjelm et al. 2018): mean(-softplus(-T_pos)) - mean(softplus(T_neg))."""
     return (-F.softplus(-critic_pos)).mean() - F.softplus(critic_neg).mean()
-
-
-UML_LOSSES = ("mib", "mvi", "infomax", "contrastive")
-
-
-def info_nce(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP / SimCLR style): cross-entropy of picking row i of zb for row i of
-    za among all rows (and back), on cosine similarity / temperature (0.1: ours). Unlike the JSD
-    pairs, its negatives are the whole batch, so its value depends on the batch size (and, under
-    torchrun, on the per-process batch)."""
-    za, zb = F.normalize(za, dim=-1), F.normalize(zb, dim=-1)
-    logits = za @ zb.T / temperature
-    labels = torch.arange(len(za), device=za.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 def partner_rows(n: int) -> torch.Tensor:
@@ -83,21 +65,20 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 class MIBHeads(nn.Module):
     """The extra UML parameters: Gaussian encoder p(z|v) (two 3-layer MLPs, shared by both
-    views since the views are exchangeable) and the critic of the MI estimator: T(z_a, z_b) for
-    mib / mvi, T(h, z) for infomax, none for contrastive. Saved in their own file beside the
-    re-learned RM (uml_heads.safetensors)."""
+    views since the views are exchangeable) and the critic T(z_a, z_b) of the MI estimator.
+    Saved in their own file beside the re-learned RM (uml_heads.safetensors)."""
+    kind = "mib"
 
-    def __init__(self, in_dim: int, hidden: int = 256, latent: int = 64, kind: str = "mib"):
+    def __init__(self, in_dim: int, hidden: int = 256, latent: int = 64):
         super().__init__()
-        if kind not in UML_LOSSES:
-            raise ValueError(f"unknown UML loss {kind!r}; one of {', '.join(UML_LOSSES)}")
-        self.in_dim, self.hidden, self.latent, self.kind = in_dim, hidden, latent, kind
+        self.in_dim, self.hidden, self.latent = in_dim, hidden, latent
         self.mu = mlp([in_dim, hidden, hidden, latent])
         self.sigma = mlp([in_dim, hidden, hidden, latent])
-        if kind in ("mib", "mvi"):
-            self.critic = mlp([2 * latent, hidden, hidden, 1])
-        elif kind == "infomax":
-            self.critic = mlp([in_dim + latent, hidden, hidden, 1])
+        if self.critic_inputs():
+            self.critic = mlp([self.critic_inputs(), hidden, hidden, 1])
+
+    def critic_inputs(self) -> int:
+        return 2 * self.latent  # T(z_1, z_2)
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # sigma > 0 via softplus + a small epsilon (Federici et al.'s choice)
@@ -108,10 +89,7 @@ class MIBHeads(nn.Module):
 
     def forward(self, h1: torch.Tensor, h2: torch.Tensor, beta: float = 1.0,
                 noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
-        """L_M = -I(z_1; z_2) + beta * D_SKL for a batch of view pairs (row i of h1 and h2 share an
-        instruction). The paper's L_M has beta = 1; `beta_schedule` warms it up, as Federici et al.
-        do, because at full weight from the first step the encoder collapses (SKL -> 0 with z pure
-        noise, I = 0) before the critic learns anything (tests/test_reward_ib.py shows it).
+        """L_M for a batch of view pairs (row i of h1 and h2 share an instruction), and what to log.
         `noise`: the standard-normal draws of the reparameterisation (default: fresh ones)."""
         h1, h2 = h1.float(), h2.float()
         mu1, std1 = self.encode(h1)
@@ -120,22 +98,20 @@ class MIBHeads(nn.Module):
         z1 = mu1 + std1 * eps1  # reparameterisation trick
         z2 = mu2 + std2 * eps2
         partner = partner_rows(len(z2)).to(z2.device)
-        skl = symmetric_kl(mu1, std1, mu2, std2).mean()  # logged for every kind, a loss term for mib only
+        skl = symmetric_kl(mu1, std1, mu2, std2).mean()  # logged for every loss, a loss term of L_M only
         stats = {"skl": skl.item()}
-        if self.kind in ("mib", "mvi"):
-            mi = jsd_mutual_information(self.critic_score(z1, z2), self.critic_score(z1, z2[partner]))
-            loss = -mi + beta * skl if self.kind == "mib" else -mi
-            stats.update(mi_jsd=mi.item(), mib_beta=beta if self.kind == "mib" else 0.0)
-        elif self.kind == "infomax":  # I(v; z) for each view: positives (h_i, z_i), negatives (h_i, z_j)
-            mi = 0.5 * sum(jsd_mutual_information(self.critic_score(h, z), self.critic_score(h, z[partner]))
-                           for h, z in ((h1, z1), (h2, z2)))
-            loss = -mi
-            stats.update(mi_jsd=mi.item())
-        else:
-            loss = info_nce(mu1, mu2)
-            stats.update(info_nce=loss.item())
+        loss = self.objective(h1, h2, mu1, mu2, z1, z2, partner, skl, beta, stats)
         stats["uml_loss"] = loss.item()
         return loss, stats
+
+    def objective(self, h1, h2, mu1, mu2, z1, z2, partner, skl, beta: float, stats: dict) -> torch.Tensor:
+        """Eq. 1's L_M = -I(z_1; z_2) + beta * D_SKL. The paper's L_M has beta = 1; `beta_schedule`
+        warms it up, as Federici et al. do, because at full weight from the first step the encoder
+        collapses (SKL -> 0 with z pure noise, I = 0) before the critic learns anything
+        (tests/math/test_reward_ib.py shows it)."""
+        mi = jsd_mutual_information(self.critic_score(z1, z2), self.critic_score(z1, z2[partner]))
+        stats.update(mi_jsd=mi.item(), mib_beta=beta)
+        return -mi + beta * skl
 
     def config(self) -> dict:
         return {"in_dim": self.in_dim, "hidden": self.hidden, "latent": self.latent, "kind": self.kind}

@@ -3,11 +3,12 @@ Bradley-Terry loss on preference pairs. Step 4 (rlp.py) reuses `train_reward_mod
 with its own pairs and an extra loss term (Eq. 1).
 
 r(x, y) = the score head applied to the final-layer hidden state of the last real
-token of prompt+response (models.sequence_scores), initialised from the SFT model.
+token of prompt+response (lm.sequence_scores), initialised from the SFT model.
 """
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import dist
-import fsdp
-import models
-from models import autocast
+import lm
+from plumbing import dist, fsdp, models
+from plumbing.sampling import score_texts
 
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
@@ -39,18 +39,18 @@ def make_pairs(tokenizer, records, style: str, max_prompt_len: int, max_response
     prompts = models.encode_prompts(tokenizer, records, style, max_prompt_len)
     chosen = [r["output_1"] if r["preference"] == 1 else r["output_2"] for r in records]
     rejected = [r["output_2"] if r["preference"] == 1 else r["output_1"] for r in records]
-    c_ids = models.encode_responses(tokenizer, chosen, max_response_len)
-    r_ids = models.encode_responses(tokenizer, rejected, max_response_len)
+    c_ids = lm.encode_responses(tokenizer, chosen, max_response_len)
+    r_ids = lm.encode_responses(tokenizer, rejected, max_response_len)
     return [Pair(p, c, r) for p, c, r in zip(prompts, c_ids, r_ids)]
 
 
 def pair_rewards(rm, pairs: list[Pair], pad_id: int):
-    """Chosen and rejected rewards of a batch of pairs in one forward (STYLE.md 6)."""
+    """Chosen and rejected rewards of a batch of pairs in one forward (checklist 6)."""
     device = next(rm.parameters()).device
-    p_ids, p_mask = models.left_pad([p.prompt for p in pairs] * 2, pad_id, device)
-    r_ids, r_mask = models.right_pad([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
-    with autocast(device):
-        scores = models.sequence_scores(rm, p_ids, p_mask, r_ids, r_mask)
+    p_ids, p_mask = lm.left_pad([p.prompt for p in pairs] * 2, pad_id, device)
+    r_ids, r_mask = lm.right_pad([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    with lm.autocast(device):
+        scores = lm.sequence_scores(rm, p_ids, p_mask, r_ids, r_mask)
     return scores[:len(pairs)], scores[len(pairs):]
 
 
@@ -77,11 +77,11 @@ def pairwise_accuracy(rm, pairs: list[Pair], pad_id: int, batch_size: int = 64) 
 @torch.no_grad()
 def normalize_scores(rm, tokenizer, prompts: list[list[int]], responses: list[str], max_response_len: int,
                      batch_size: int = 128) -> tuple[float, float]:
-    """STYLE.md 7: shift and scale the RM so its scores on SFT samples have mean 0, std 1
+    """Checklist 7: shift and scale the RM so its scores on SFT samples have mean 0, std 1
     (stored in the config as score_mean / score_std), so the KL coefficient means the same
     for every RM, including the re-learned ones of Step 4."""
     rm.config.score_mean, rm.config.score_std = 0.0, 1.0
-    raw = models.score_texts(rm, tokenizer, prompts, responses, max_response_len, batch_size)
+    raw = score_texts(rm, tokenizer, prompts, responses, max_response_len, batch_size)
     mean, std = raw.mean().item(), max(raw.std().item(), 1e-6)
     rm.config.score_mean, rm.config.score_std = mean, std
     return mean, std
@@ -150,3 +150,81 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
         val = pairwise_accuracy(rm, val_pairs, pad_id)  # every rank takes part; rank 0 logs
         if metrics is not None:
             metrics.log(step=total, **{f"val_{k}": v for k, v in val.items()})
+
+
+# ----------------------------------------------------------------------------- how the pipeline runs it
+
+def split_pairs(records, fraction: float, seed: int):
+    """D split into train and held-out records: `fraction` held out, drawn with `seed`."""
+    rng = random.Random(seed)
+    idx = list(range(len(records)))
+    rng.shuffle(idx)
+    n_val = int(round(fraction * len(records)))
+    val = sorted(idx[:n_val])
+    train = sorted(idx[n_val:])
+    return [records[i] for i in train], [records[i] for i in val]
+
+
+def human_pairs(run, tokenizer):
+    """D: the Step-1 pairs, split into train and held-out pairs (the same split for Step 2 and
+    Step 4); also the held-out records, for gold-labelled accuracy."""
+    cfg = run.cfg
+    train_recs, val_recs = split_pairs(run.read("prefs", "prefs.jsonl"), cfg.reward.rm_val_fraction, run.seeds.reward)
+    return to_pairs(run, tokenizer, train_recs), to_pairs(run, tokenizer, val_recs), val_recs
+
+
+def to_pairs(run, tokenizer, records) -> list[Pair]:
+    m = run.cfg.model
+    return make_pairs(tokenizer, records, m.prompt_style, m.max_prompt_len, m.max_response_len)
+
+
+def sft_sample_texts(run, tokenizer):
+    """SFT samples (both outputs of every Step-1 pair) with their prompts: the distribution
+    on which every RM is normalised to mean 0, std 1. With your own preference file these are
+    its outputs, whoever wrote them."""
+    recs = run.read("prefs", "prefs.jsonl")
+    prompts = run.prompts(tokenizer, recs)
+    return [p for p in prompts for _ in range(2)], [o for r in recs for o in (r["output_1"], r["output_2"])]
+
+
+def normalize_on_sft_samples(run, rm, tokenizer, metrics=None) -> tuple[float, float]:
+    """Checklist 7 for any RM of the run: normalised on the Step-1 SFT samples."""
+    mean, std = normalize_scores(rm, tokenizer, *sft_sample_texts(run, tokenizer), run.cfg.model.max_response_len)
+    if metrics is not None:
+        metrics.log(score_mean=mean, score_std=std)
+    return mean, std
+
+
+def train_kwargs(run, metrics, val_pairs=None) -> dict:
+    """The settings every RM of the run trains with (Step 2's, also Step 4's re-learned ones)."""
+    cfg = run.cfg
+    return dict(lr=cfg.reward.rm_lr, batch_size=cfg.reward.rm_batch, epochs=cfg.reward.rm_epochs,
+                max_grad_norm=cfg.run.max_grad_norm, micro_batch=cfg.scale.micro_batch, metrics=metrics,
+                val_pairs=val_pairs, show=run.show)
+
+
+def stage_reward(run, dest, metrics) -> None:
+    """Step 2 in the pipeline: the RM from SFT on the train split of D, its held-out accuracy,
+    normalised on SFT samples."""
+    import task
+    tokenizer = run.tokenizer()
+    train, val, val_recs = human_pairs(run, tokenizer)
+    rm = run.scorer(run.require("sft"), train=True)
+    train_reward_model(rm, train, tokenizer.pad_token_id, seed=run.seeds.reward, desc="reward",
+                       **train_kwargs(run, metrics, val))
+    mean, std = normalize_on_sft_samples(run, rm, tokenizer)
+    stats = {"val_accuracy_annotator": pairwise_accuracy(rm, val, tokenizer.pad_token_id)["accuracy"],
+             "val_pairs": len(val), "score_mean": mean, "score_std": std}
+    held_out = f"  held-out accuracy: {stats['val_accuracy_annotator']:.3f} vs the preference labels ({len(val)} pairs)"
+    if run.cfg.data.builtin:  # also against the gold judge, on the pairs it does not call a tie
+        gold_val = [{**r, "preference": task.gold_preference(r["instruction"], r["input"], r["output_1"],
+                                                             r["output_2"])}
+                    for r in val_recs if task.gold_score(r["instruction"], r["input"], r["output_1"])
+                    != task.gold_score(r["instruction"], r["input"], r["output_2"])]
+        stats.update(val_accuracy_gold=pairwise_accuracy(rm, to_pairs(run, tokenizer, gold_val),
+                                                         tokenizer.pad_token_id)["accuracy"],
+                     val_gold_pairs=len(gold_val))
+        held_out += f", {stats['val_accuracy_gold']:.3f} vs gold ({len(gold_val)} non-tied pairs)"
+    metrics.log(**stats)
+    run.log(held_out)
+    run.save_model(rm, tokenizer, dest)

