@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 # --embedding-threshold's default; extras/similarity.py says how it was measured (a test checks they agree)
 EMBEDDING_THRESHOLD = 0.8
 BUILTIN_TASKS = ["Add", "Reverse", "Sort", "Order", "Descend"]
+MAX_ROUNDS = 3  # --rlp-rounds: train.STAGES holds the stages of rounds 2 .. MAX_ROUNDS
 
 
 def opt(default, help: str):
@@ -31,6 +32,9 @@ class RunConfig:
                        "every stage's seed from it)")
     preset: str = opt("", "tiny: the whole pipeline in about a minute on a 2-core CPU (tiny sizes; its numbers "
                           "mean nothing, it is a first look at the outputs); flags given explicitly still win")
+    controls: bool = opt(False, "also run the two controls of Step 4 (built-in task): an RM re-learned on fresh "
+                                "annotator labels of policy samples, and the UML RM with lambda = 0 (docs/choices.md; "
+                                "ours: off, to keep the default run within 15 minutes; scripts/reproduce.py sets it)")
     quiet: bool = opt(False, "no progress bars")
     tensorboard: bool = opt(False, "also log every metric of every stage, and PPO's sample tables as text, for "
                                    "TensorBoard in DIR/tb/<stage>/ (needs pip install tensorboard==2.21.0; ours: off)")
@@ -156,6 +160,8 @@ class PPOConfig:
 class RLPConfig:
     """Step 4: reward re-learning on policy (RLP-UML and RLP-SPG)"""
     rlp_n: int = opt(10, "policy samples per unlabelled instruction, n (paper: 10)")
+    rlp_rounds: int = opt(1, "rounds of Steps 4-5: round r samples P from round r-1's RLP policy and re-learns the "
+                             "RM from the same start (paper: 1; ours: up to 3)")
     rlp_temperature: float = opt(1.0, "temperature for the policy sample set P (paper: 1.0)")
     rlp_init: str = opt("sft", "re-learned RM starts from: sft (same start as Step 2, ours) or rm (the Step-2 RM)")
     uml_lambda: float = opt(0.5, "UML weight lambda of L_M in Eq. 1 (paper: 0.5)")
@@ -222,7 +228,7 @@ SECTIONS = {"run": RunConfig, "model": ModelConfig, "data": DataConfig, "sft": S
 
 # settings that do not change what a run computes (micro-batching changes only float summation order)
 RUN_ONLY = {"stage", "method", "out", "force", "quiet", "micro_batch", "checkpoint_every", "checkpoint_keep",
-            "tensorboard", "preset"}
+            "tensorboard", "preset", "controls", "rlp_rounds"}  # the last two add stages, changing none
 
 # Batch sizes are global (summed over processes); each must divide by the number of processes.
 GLOBAL_BATCHES = {"sft_batch": "--sft-batch", "rm_batch": "--rm-batch", "rollout_batch": "--rollout-batch",
@@ -357,6 +363,8 @@ def check(cfg: Config) -> None:
         raise SystemExit("error: --checkpoint-keep must be >= 1")
     if rlp.rlp_n < 2:
         raise SystemExit("error: --rlp-n must be >= 2 (UML needs two views, SPG needs clusters)")
+    if not 1 <= rlp.rlp_rounds <= MAX_ROUNDS:
+        raise SystemExit(f"error: --rlp-rounds must be 1 to {MAX_ROUNDS}, got {rlp.rlp_rounds}")
     if scale.lora_rank < 0 or scale.lora_alpha < 0:
         raise SystemExit("error: --lora-rank and --lora-alpha must be >= 0")
 
@@ -377,6 +385,7 @@ class Seeds:
     uml: int                # RLP-UML: the heads' initialisation, the RM's batch order
     uml_views: int          # RLP-UML: which instructions and which two samples form each step's views
     spg: int                # RLP-SPG: the rejected samples, the RM's batch order
+    fresh: int              # the fresh-label control: which samples of P, the annotator's flips, the RM's batch order
     eval_reference: int     # evaluation: the reference answer per instruction
     best_of_n: int          # evaluation: Best-of-n's SFT samples
     eval_answers: int       # evaluation: + the policy's index, its answers
@@ -385,6 +394,14 @@ class Seeds:
     def stage(self, folder: str) -> int:
         """Python's and torch's global seed when a stage starts: its own value for every stage."""
         return self.base + sum(map(ord, folder))
+
+    def round(self, r: int) -> Seeds:
+        """The seeds of round r of Steps 4-5 (--rlp-rounds): Step 4's streams moved by 100,000 per
+        round after the first, everything else as in round 1 (PPO's included: each round's PPO
+        differs from round 1's only by its reward model)."""
+        shift = 100_000 * (r - 1)
+        return dataclasses.replace(self, rlp_samples=self.rlp_samples + shift, uml=self.uml + shift,
+                                   uml_views=self.uml_views + shift, spg=self.spg + shift, fresh=self.fresh + shift)
 
 
 def seeds(base: int) -> Seeds:
@@ -395,5 +412,5 @@ def seeds(base: int) -> Seeds:
     plumbing/dist.rank_seed.)"""
     return Seeds(base=base, sft=base, reward=base, prefs=base + 1, ppo=base + 7, ppo_minibatches=base + 8,
                  ppo_sample_tables=base + 7 + 7_000_000, rlp_samples=base + 4, uml=base + 5, uml_views=base + 6,
-                 spg=base + 6, eval_reference=base + 1000, best_of_n=base + 1001, eval_answers=base + 2000,
-                 eval_pairs=base + 3000)
+                 spg=base + 6, fresh=base + 9, eval_reference=base + 1000, best_of_n=base + 1001,
+                 eval_answers=base + 2000, eval_pairs=base + 3000)

@@ -115,7 +115,9 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
                        show: bool = True) -> None:
     """Minimise the Bradley-Terry loss over `pairs` (plus `extra_loss(step)`, Eq. 1's
     lambda * L_M term in RLP-UML, which returns this rank's share of it). AdamW, linear
-    warm-up over the first 5% of steps, then constant (our choice). batch_size is global."""
+    warm-up over the first 5% of steps, then constant (our choice). batch_size is global.
+    With an extra loss, every logged step also has the norms of the two terms' gradients on the
+    backbone (every parameter but the score head, which L_M does not reach) and their cosine."""
     micro = dist.micro_size(dist.per_rank(batch_size, "--rm-batch"), micro_batch, "--rm-batch")
     total = num_steps(len(pairs), batch_size, epochs)
     rm_params = [p for p in rm.parameters() if p.requires_grad]
@@ -130,12 +132,17 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
     batches = dist.Batches(len(pairs), batch_size, seed)
     rm.train()
     for step in tqdm(range(total), desc=desc, disable=not show, leave=False):
+        log_now = metrics is not None and (step % 10 == 0 or step == total - 1)
         opt.zero_grad(set_to_none=True)
         row = accumulate_gradients(rm, pairs, batches.next(), pad_id, micro)
         if extra_loss is not None:
+            backbone = [p for name, p in rm.named_parameters() if p.requires_grad and not name.startswith("score.")]
+            bt_grads = [None if p.grad is None else p.grad.detach().clone() for p in backbone] if log_now else None
             extra, extra_row = extra_loss(step)
             extra.backward()
             row.update(extra_row)
+            if log_now:  # what each term of Eq. 1 asks of the backbone (a copy: the gradients stay as they are)
+                row.update(dist.gradient_split(bt_grads, [p.grad for p in backbone], names=("bt", "extra")))
         dist.sum_gradients(rm_params + extra_params)
         row["grad_norm"] = torch.nn.utils.clip_grad_norm_(rm_params, max_grad_norm).item()
         if extra_params:
@@ -143,7 +150,7 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
         row["lr"] = opt.param_groups[0]["lr"]
         opt.step()
         sched.step()
-        if metrics is not None and (step % 10 == 0 or step == total - 1):
+        if log_now:
             metrics.log(step=step, **row)
     rm.eval()
     if val_pairs:

@@ -175,83 +175,203 @@ def clusterer(run):
 
 # ----------------------------------------------------------------------------- how the pipeline runs them
 
-def stage_samples(run, dest, metrics) -> None:
-    """Step 4, first half: the policy sample set P, drawn once and shared by UML and SPG."""
-    cfg = run.cfg
-    tokenizer = run.tokenizer()
-    policy = run.policy(run.require("ppo") / "policy")
-    recs = run.records("unlabeled")
-    samples = build_policy_samples(policy, tokenizer, recs, run.prompts(tokenizer, recs), cfg.rlp.rlp_n,
-                                   cfg.rlp.rlp_temperature, cfg.model.max_response_len, cfg.model.gen_batch,
-                                   run.seeds.rlp_samples, show=run.show)
-    run.write_records(dest / "P.jsonl", samples)
-    metrics.log(instructions=len(samples), n=cfg.rlp.rlp_n)
+def folder(kind: str, method: str = "", round: int = 1) -> str:
+    """A Step 4-5 stage's folder: samples (P), reward (the re-learned RM) or ppo (Step 5), of
+    `method` and `round`. Round 1 shares one P; from round 2 each method samples its own."""
+    if round == 1:
+        return "rlp_samples" if kind == "samples" else f"rlp_{kind}_{method}"
+    return f"rlp_{kind}_{method}_r{round}"
 
 
-def stage_uml(run, dest, metrics) -> None:
-    """Step 4, RLP-UML: the RM re-learned on D with lambda * L_M on P; its heads saved beside it."""
-    from safetensors.torch import save_file
-
-    from plumbing import data
-    cfg = run.cfg.rlp
-    tokenizer = run.tokenizer()
-    samples = run.read("rlp_samples", "P.jsonl", data.SAMPLES)
-    train, val, _ = reward.human_pairs(run, tokenizer)
-    rm = new_rm(run)
-    heads = relearn_uml(rm, tokenizer, train, samples, run.prompts(tokenizer, samples), lam=cfg.uml_lambda,
-                        beta=cfg.uml_beta, heads_lr=cfg.uml_lr, latent=cfg.uml_latent, hidden=cfg.uml_hidden,
-                        uml_batch=cfg.uml_batch, max_response_len=run.cfg.model.max_response_len,
-                        seed=run.seeds.uml, views_seed=run.seeds.uml_views,
-                        train_kwargs=reward.train_kwargs(run, metrics, val), kind=cfg.uml_loss)
-    reward.normalize_on_sft_samples(run, rm, tokenizer, metrics)
-    run.save_model(rm, tokenizer, dest)
-    if run.main:
-        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(dest / "uml_heads.safetensors"))
-    run.write_json(dest / "uml_heads.json", heads.config())
+def policy_before(method: str, round: int) -> str:
+    """The policy whose samples make round `round`'s P: Step 3's, then the previous round's."""
+    return "ppo/policy" if round == 1 else f"{folder('ppo', method, round - 1)}/policy"
 
 
-def stage_spg(run, dest, metrics) -> None:
+def stage_samples(method: str = "", round: int = 1):
+    """Step 4, first half: the policy sample set P (round 1: from the Step-3 policy, shared by UML
+    and SPG; round r: from `method`'s policy of round r - 1)."""
+    def stage(run, dest, metrics) -> None:
+        cfg = run.cfg
+        tokenizer = run.tokenizer()
+        policy = run.policy(run.require(policy_before(method, round).split("/")[0]) / "policy")
+        recs = run.records("unlabeled")
+        samples = build_policy_samples(policy, tokenizer, recs, run.prompts(tokenizer, recs), cfg.rlp.rlp_n,
+                                       cfg.rlp.rlp_temperature, cfg.model.max_response_len, cfg.model.gen_batch,
+                                       run.seeds.round(round).rlp_samples, show=run.show)
+        run.write_records(dest / "P.jsonl", samples)
+        metrics.log(instructions=len(samples), n=cfg.rlp.rlp_n)
+    return stage
+
+
+def stage_uml(round: int = 1, lam: float | None = None):
+    """Step 4, RLP-UML: the RM re-learned on D with lambda * L_M on P; its heads saved beside it.
+    `lam` overrides --uml-lambda (0: the control that re-trains the RM by the same code, L_M off).
+    Logged beside the training: the share of hidden-state variance within an instruction, before
+    and after (`hidden_variance`), and, every 10 steps, the backbone gradient norms of the
+    Bradley-Terry term and of lambda * L_M and their cosine (reward.train_reward_model)."""
+    def stage(run, dest, metrics) -> None:
+        from safetensors.torch import save_file
+
+        from plumbing import data
+        cfg, seeds = run.cfg.rlp, run.seeds.round(round)
+        tokenizer = run.tokenizer()
+        samples = run.read(folder("samples", "uml", round), "P.jsonl", data.SAMPLES)
+        prompts = run.prompts(tokenizer, samples)
+        train, val, _ = reward.human_pairs(run, tokenizer)
+        rm = new_rm(run)
+        probe = lambda model: hidden_variance(model, tokenizer, samples, prompts,  # noqa: E731
+                                              run.cfg.model.max_response_len, run.cfg.model.gen_batch)
+        before = probe(rm)
+        heads = relearn_uml(rm, tokenizer, train, samples, prompts, lam=cfg.uml_lambda if lam is None else lam,
+                            beta=cfg.uml_beta, heads_lr=cfg.uml_lr, latent=cfg.uml_latent, hidden=cfg.uml_hidden,
+                            uml_batch=cfg.uml_batch, max_response_len=run.cfg.model.max_response_len,
+                            seed=seeds.uml, views_seed=seeds.uml_views,
+                            train_kwargs=reward.train_kwargs(run, metrics, val), kind=cfg.uml_loss)
+        reward.normalize_on_sft_samples(run, rm, tokenizer, metrics)
+        metrics.log(**{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in probe(rm).items()})
+        run.save_model(rm, tokenizer, dest)
+        if run.main:
+            save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(dest / "uml_heads.safetensors"))
+        run.write_json(dest / "uml_heads.json", heads.config())
+    return stage
+
+
+def stage_spg(round: int = 1):
     """Step 4, RLP-SPG: synthetic pairs from P by self-consistency (or a Table 5 baseline's), then
-    the RM re-learned on D u D_hat."""
+    the RM re-learned on D u D_hat. In every round y_w is picked by the Step-2 RM's score."""
+    def stage(run, dest, metrics) -> None:
+        import task
+        from plumbing import data
+        cfg, seeds = run.cfg.rlp, run.seeds.round(round)
+        tokenizer = run.tokenizer()
+        samples = run.read(folder("samples", "spg", round), "P.jsonl", data.SAMPLES)
+        prompts = run.prompts(tokenizer, samples)
+        rm_step2 = run.scorer(run.require("reward"))
+        cluster = clusterer(run) if cfg.synthetic_labels == "consistency" else None
+        scores = score_all(rm_step2, tokenizer, samples, prompts, run.cfg.model.max_response_len,
+                           run.cfg.model.gen_batch)
+        del rm_step2
+        if cluster is not None:
+            synthetic, stats = synthetic_preferences(samples, scores, gamma=cfg.spg_gamma, seed=seeds.spg,
+                                                     cluster=cluster)
+        else:  # the paper's Table 5 baselines
+            from extras import ablations
+            synthetic, stats = ablations.baseline_preferences(run, cfg.synthetic_labels, scores, tokenizer, samples,
+                                                              seed=seeds.spg)
+        if run.cfg.data.builtin:  # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
+            stats["label_accuracy_gold"] = label_accuracy(synthetic, task)
+        metrics.log(**stats)
+        passed = (f"{stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}"
+                  if cfg.synthetic_labels == "consistency" else f"labels from {cfg.synthetic_labels}")
+        acc = stats.get("label_accuracy_gold")
+        run.log(f"  SPG: {passed}, {stats['pairs']} pairs" + (
+            f", synthetic-label accuracy vs gold {'n/a' if acc is None else f'{acc:.3f}'}" if run.cfg.data.builtin
+            else ""))
+        run.write_records(dest / "synthetic_prefs.jsonl", synthetic)
+        train, val, _ = reward.human_pairs(run, tokenizer)
+        rm = new_rm(run)
+        relearn_spg(rm, tokenizer, train, reward.to_pairs(run, tokenizer, synthetic), seed=seeds.spg,
+                    train_kwargs=reward.train_kwargs(run, metrics, val))
+        reward.normalize_on_sft_samples(run, rm, tokenizer, metrics)
+        run.save_model(rm, tokenizer, dest)
+    return stage
+
+
+def label_accuracy(pairs: list[dict], task) -> float | None:
+    """Share of preference pairs whose chosen output the gold judge scores higher (exact gold ties
+    count half)."""
+    wins = []
+    for r in pairs:
+        chosen, rejected = (r["output_1"], r["output_2"]) if r["preference"] == 1 else (r["output_2"], r["output_1"])
+        wins.append(task.win_value(task.gold_score(r["instruction"], r["input"], chosen),
+                                   task.gold_score(r["instruction"], r["input"], rejected)))
+    return sum(wins) / len(wins) if wins else None
+
+
+def stage_ppo(method: str, round: int = 1):
+    """Step 5: PPO from SFT against the RM re-learned by `method` (uml, spg, or the fresh control)."""
+    def stage(run, dest, metrics) -> None:
+        import ppo
+        name = f"rlp-ppo-{method}" + (f"-r{round}" if round > 1 else "")
+        ppo.run_ppo(run, run.require(folder("reward", method, round)), dest, metrics, name)
+    return stage
+
+
+# ----------------------------------------------------------------------------- controls and diagnostics (not part of RLP)
+
+def fresh_preferences(samples: list[dict], n_pairs: int, flip_rate: float, seed: int) -> tuple[list[dict], dict]:
+    """The costly alternative RLP replaces: fresh labels on policy samples. For `n_pairs`
+    instructions of P drawn at random, two of their samples with different texts
+    (spg.random_pair), labelled by Step 1's simulated annotator (the gold preference, flipped with
+    `flip_rate`) as a human would label them; instructions whose samples are all one text are
+    passed over."""
+    import task
+    rng = random.Random(seed)
+    order = list(range(len(samples)))
+    rng.shuffle(order)
+    pairs = []
+    for i in order:
+        if len(pairs) == n_pairs:
+            break
+        rec = samples[i]
+        pick = spg.random_pair(rec["outputs"], rng)
+        if pick is None:
+            continue
+        a, b = (rec["outputs"][j] for j in pick)
+        pref = task.annotate(rec["instruction"], rec["input"], a, b, flip_rate, rng)
+        pairs.append({"instruction": rec["instruction"], "input": rec["input"], "output_1": a, "output_2": b,
+                      "preference": pref, "_where": rec.get("_where", "P")})
+    return pairs, {"instructions": len(samples), "pairs": len(pairs), "requested_pairs": n_pairs}
+
+
+@torch.no_grad()
+def hidden_variance(rm, tokenizer, samples: list[dict], prompts: list[list[int]], max_response_len: int,
+                    batch_size: int, n_instructions: int = 200) -> dict:
+    """How much of the RM's representation still tells an instruction's samples apart: of the
+    variance of the last-token hidden state over the first `n_instructions` of P (all their
+    samples), the share that lies within an instruction, between its samples. RLP-UML's L_M
+    pulls the two views of an instruction together; if it pulls too hard, this share goes to 0
+    and with it the RM's ability to rank an instruction's answers."""
+    device = next(rm.parameters()).device
+    rm.eval()
+    rows = [(i, o) for i in range(min(n_instructions, len(samples))) for o in samples[i]["outputs"]]
+    hidden = []
+    for k in range(0, len(rows), batch_size):
+        chunk = rows[k:k + batch_size]
+        p_ids, p_mask = lm.left_pad([prompts[i] for i, _ in chunk], tokenizer.pad_token_id, device)
+        r_ids, r_mask = lm.right_pad(lm.encode_responses(tokenizer, [o for _, o in chunk], max_response_len),
+                                     tokenizer.pad_token_id, device)
+        with lm.autocast(device):
+            hidden.append(lm.last_token_hidden(rm, p_ids, p_mask, r_ids, r_mask).float().cpu())
+    h = torch.cat(hidden).double()
+    groups = torch.tensor([i for i, _ in rows])
+    total = h.var(0, unbiased=False).mean().item()
+    within = sum(h[groups == g].var(0, unbiased=False).mean().item() for g in groups.unique().tolist()) / \
+        len(groups.unique())
+    return {"hidden_within": within, "hidden_total": total, "hidden_within_share": within / max(total, 1e-12)}
+
+
+def stage_fresh(run, dest, metrics) -> None:
+    """The fresh-label control (built-in task): as many pairs as SPG synthesised, from the same P,
+    labelled by Step 1's simulated annotator, and the RM re-learned on D u those pairs exactly as
+    SPG's is. Its policy's gain over PPO is about the most any re-learning on P could give."""
     import task
     from plumbing import data
-    cfg = run.cfg.rlp
     tokenizer = run.tokenizer()
     samples = run.read("rlp_samples", "P.jsonl", data.SAMPLES)
-    prompts = run.prompts(tokenizer, samples)
-    rm_step2 = run.scorer(run.require("reward"))
-    cluster = clusterer(run) if cfg.synthetic_labels == "consistency" else None
-    scores = score_all(rm_step2, tokenizer, samples, prompts, run.cfg.model.max_response_len, run.cfg.model.gen_batch)
-    del rm_step2
-    if cluster is not None:
-        synthetic, stats = synthetic_preferences(samples, scores, gamma=cfg.spg_gamma, seed=run.seeds.spg,
-                                                 cluster=cluster)
-    else:  # the paper's Table 5 baselines
-        from extras import ablations
-        synthetic, stats = ablations.baseline_preferences(run, cfg.synthetic_labels, scores, tokenizer, samples,
-                                                          seed=run.seeds.spg)
-    if run.cfg.data.builtin:  # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
-        correct = [task.win_value(task.gold_score(r["instruction"], r["input"], r["output_1"]),
-                                  task.gold_score(r["instruction"], r["input"], r["output_2"])) for r in synthetic]
-        stats["label_accuracy_gold"] = sum(correct) / len(correct) if correct else None
+    synthetic = run.require("rlp_reward_spg") / "synthetic_prefs.jsonl"
+    n_pairs = sum(1 for line in synthetic.read_text().split("\n") if line.strip())
+    fresh, stats = fresh_preferences(samples, n_pairs, run.cfg.prefs.flip_rate, run.seeds.fresh)
+    stats["label_accuracy_gold"] = label_accuracy(fresh, task)
     metrics.log(**stats)
-    passed = (f"{stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}"
-              if cfg.synthetic_labels == "consistency" else f"labels from {cfg.synthetic_labels}")
-    acc = stats.get("label_accuracy_gold")
-    run.log(f"  SPG: {passed}, {stats['pairs']} pairs" + (
-        f", synthetic-label accuracy vs gold {'n/a' if acc is None else f'{acc:.3f}'}" if run.cfg.data.builtin else ""))
-    run.write_records(dest / "synthetic_prefs.jsonl", synthetic)
+    acc = stats["label_accuracy_gold"]
+    run.log(f"  fresh labels: {stats['pairs']} pairs (SPG made {n_pairs}), accuracy vs gold "
+            f"{'n/a' if acc is None else f'{acc:.3f}'}")
+    run.write_records(dest / "fresh_prefs.jsonl", fresh)
     train, val, _ = reward.human_pairs(run, tokenizer)
     rm = new_rm(run)
-    relearn_spg(rm, tokenizer, train, reward.to_pairs(run, tokenizer, synthetic), seed=run.seeds.spg,
+    relearn_spg(rm, tokenizer, train, reward.to_pairs(run, tokenizer, fresh), seed=run.seeds.fresh,
                 train_kwargs=reward.train_kwargs(run, metrics, val))
     reward.normalize_on_sft_samples(run, rm, tokenizer, metrics)
     run.save_model(rm, tokenizer, dest)
-
-
-def stage_ppo(method: str):
-    """Step 5: PPO from SFT against the RM re-learned by `method` (uml or spg)."""
-    def stage(run, dest, metrics) -> None:
-        import ppo
-        ppo.run_ppo(run, run.require(f"rlp_reward_{method}"), dest, metrics, f"rlp-ppo-{method}")
-    return stage

@@ -77,6 +77,15 @@ def synthesize(samples: list[dict], scores: list[list[float]], gamma: float, see
     return pairs, stats
 
 
+def random_pair(outputs: Sequence[str], generator: random.Random) -> tuple[int, int] | None:
+    """Two samples with different texts, drawn at random (None when all n are the same text)."""
+    i = generator.randrange(len(outputs))
+    others = [j for j in range(len(outputs)) if outputs[j] != outputs[i]]
+    if not others:
+        return None
+    return i, generator.choice(others)
+
+
 # ----------------------------------------------------------------------------- open-ended answers
 
 def question_of(record: dict) -> str:

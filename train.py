@@ -25,7 +25,11 @@ re-running a killed command resumes from the last complete stage, or the last PP
     rlp_reward  Step 4, policy samples P, then the RM re-learned (Eq. 1, rlp.py)
                                                                           -> rlp_samples/, rlp_reward_{uml,spg}/
     rlp_ppo     Step 5, PPO from SFT against each re-learned RM          -> rlp_ppo_{uml,spg}/
+    rlp_rounds  with --rlp-rounds k > 1: Steps 4-5 again, P from the last round's policy
+                                                                          -> rlp_{samples,reward,ppo}_{uml,spg}_r2, ...
     eval        win-rate and gold score of every policy, RM accuracy     -> eval/results.{json,md}
+with --controls, also (built-in task) an RM re-learned on fresh annotator labels of P and its PPO
+(rlp_reward_fresh/, rlp_ppo_fresh/), and UML's RM with lambda = 0 (rlp_reward_uml0/).
 """
 from __future__ import annotations
 
@@ -127,6 +131,8 @@ class Stage:
     builtin_only: bool = False  # needs the built-in task's gold judge: skipped with your own data
     eval_index: int = -1        # a policy's place in evaluation (its seeds): a new policy takes the next number
     ppo: bool = False           # a PPO stage: resumes from its checkpoints; its policy is in DIR/<folder>/policy
+    control: bool = False       # a control of Step 4, run with --controls
+    round: int = 1              # the round of Steps 4-5 it belongs to, run with --rlp-rounds >= round
 
     @property
     def policy_dir(self) -> str:
@@ -141,15 +147,33 @@ STAGES = [
     Stage("ppo", "ppo", "3", ppo.stage_ppo, policy="PPO", eval_index=1, ppo=True),
     Stage("ppo_gold", "ppo_gold", "3, gold reward", ppo.stage_ppo_gold, policy="PPO (gold reward)",
           builtin_only=True, eval_index=4, ppo=True),
-    Stage("rlp_samples", "rlp_reward", "4", rlp.stage_samples),
-    Stage("rlp_reward_uml", "rlp_reward", "4, UML", rlp.stage_uml, rm="RLP-UML RM", method="uml"),
-    Stage("rlp_reward_spg", "rlp_reward", "4, SPG", rlp.stage_spg, rm="RLP-SPG RM", method="spg"),
+    Stage("rlp_samples", "rlp_reward", "4", rlp.stage_samples()),
+    Stage("rlp_reward_uml", "rlp_reward", "4, UML", rlp.stage_uml(), rm="RLP-UML RM", method="uml"),
+    Stage("rlp_reward_spg", "rlp_reward", "4, SPG", rlp.stage_spg(), rm="RLP-SPG RM", method="spg"),
+    # the controls (--controls): fresh annotator labels in place of SPG's, and UML's code with lambda = 0
+    Stage("rlp_reward_fresh", "rlp_reward", "4, control", rlp.stage_fresh, rm="Fresh-label RM", method="spg",
+          builtin_only=True, control=True),
+    Stage("rlp_reward_uml0", "rlp_reward", "4, control", rlp.stage_uml(lam=0.0), rm="UML RM, lambda 0",
+          method="uml", control=True),
     Stage("rlp_ppo_uml", "rlp_ppo", "5, UML", rlp.stage_ppo("uml"), policy="RLP-UML", method="uml", eval_index=2,
           ppo=True),
     Stage("rlp_ppo_spg", "rlp_ppo", "5, SPG", rlp.stage_ppo("spg"), policy="RLP-SPG", method="spg", eval_index=3,
           ppo=True),
-    Stage("eval", "eval", "–", lambda run, dest, metrics: evaluate.stage_eval(run, dest, metrics, STAGES)),
+    Stage("rlp_ppo_fresh", "rlp_ppo", "5, control", rlp.stage_ppo("fresh"), policy="PPO, fresh labels",
+          method="spg", builtin_only=True, control=True, eval_index=5, ppo=True),
 ]
+# rounds 2 .. config.MAX_ROUNDS of Steps 4-5 (--rlp-rounds): each method samples P from its own
+# policy of the round before and re-learns from the same start
+for r in range(2, config.MAX_ROUNDS + 1):
+    for i, m in enumerate(["uml", "spg"]):
+        STAGES += [
+            Stage(rlp.folder("samples", m, r), "rlp_rounds", f"4, round {r}", rlp.stage_samples(m, r), method=m, round=r),
+            Stage(rlp.folder("reward", m, r), "rlp_rounds", f"4, {m.upper()}, round {r}",
+                  rlp.stage_uml(r) if m == "uml" else rlp.stage_spg(r), rm=f"RLP-{m.upper()} RM, round {r}",
+                  method=m, round=r),
+            Stage(rlp.folder("ppo", m, r), "rlp_rounds", f"5, {m.upper()}, round {r}", rlp.stage_ppo(m, r),
+                  policy=f"RLP-{m.upper()}, round {r}", method=m, round=r, eval_index=6 + 2 * (r - 2) + i, ppo=True)]
+STAGES.append(Stage("eval", "eval", "–", lambda run, dest, metrics: evaluate.stage_eval(run, dest, metrics, STAGES)))
 
 
 def flags() -> list[str]:
@@ -162,7 +186,8 @@ def plan(cfg: config.Config) -> list[Stage]:
     gets the data stage (cheap and deterministic: its splits are made on demand)."""
     methods = ["uml", "spg"] if cfg.run.method == "both" else [cfg.run.method]
     chosen = [s for s in STAGES if (cfg.run.stage == "all" or s.flag == cfg.run.stage)
-              and (not s.method or s.method in methods) and (cfg.data.builtin or not s.builtin_only)]
+              and (not s.method or s.method in methods) and (cfg.data.builtin or not s.builtin_only)
+              and (cfg.run.controls or not s.control) and s.round <= cfg.rlp.rlp_rounds]
     if cfg.run.stage not in ("all", "data"):
         chosen = [STAGES[0]] + chosen
     return chosen
@@ -184,7 +209,7 @@ def main(argv=None) -> None:
     try:
         runs.run_stages(cfg, device, [(s.folder, s.run) for s in plan(cfg)], order=[s.folder for s in STAGES],
                         resumable={s.folder for s in STAGES if s.ppo}, hints={s.folder: s.flag for s in STAGES},
-                        check_models=check_models)
+                        check_models=check_models, summaries={"eval"})
     finally:
         dist.close()
 

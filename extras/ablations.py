@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ib_loss import MIBHeads, jsd_mutual_information
+from spg import random_pair
 
 UML_LOSSES = ("mib", "mvi", "infomax", "contrastive")
 
@@ -87,15 +88,6 @@ def info_nce(za: torch.Tensor, zb: torch.Tensor, temperature: float = 0.1) -> to
 
 
 # ----------------------------------------------------------------------------- Table 5
-
-def random_pair(outputs: Sequence[str], generator: random.Random) -> tuple[int, int] | None:
-    """Two samples with different texts, drawn at random (None when all n are the same text)."""
-    i = generator.randrange(len(outputs))
-    others = [j for j in range(len(outputs)) if outputs[j] != outputs[i]]
-    if not others:
-        return None
-    return i, generator.choice(others)
-
 
 def pairs_by_labeler(samples: list[dict], label_pairs: Callable[[list[dict], list[str], list[str]], list[int]],
                      seed: int) -> tuple[list[dict], dict]:

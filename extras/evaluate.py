@@ -123,11 +123,12 @@ def evaluate(out_dir: Path, records, cfg, device, stages, seeds, show: bool = Tr
     gen = dict(max_new_tokens=cfg.model.max_response_len, batch_size=cfg.model.gen_batch, show=show)
     T = cfg.eval.eval_temperature
 
-    # in evaluation order: a policy's place among those the run has fixes its sampling seeds
-    # (seeds.eval_answers + place), so a new policy goes last and leaves the others' numbers alone
+    # in evaluation order; a policy's eval_index fixes its sampling seeds (seeds.eval_answers + index),
+    # so a new policy takes a new index and leaves every other policy's numbers as they were
     policies = {s.policy: out_dir / s.policy_dir for s in sorted((s for s in stages if s.policy),
                                                                  key=lambda s: s.eval_index)}
     policies = {k: v for k, v in policies.items() if (v / "config.json").is_file()}
+    index = {s.policy: s.eval_index for s in stages if s.policy}
     rms = {s.rm: out_dir / s.folder for s in stages if s.rm}
     rms = {k: v for k, v in rms.items() if (v / "config.json").is_file()}
     policies, rms = dist.broadcast_object((policies, rms))  # rank 0's view of the folder, on every rank
@@ -141,7 +142,8 @@ def evaluate(out_dir: Path, records, cfg, device, stages, seeds, show: bool = Tr
         outputs["reference"] = [r["output"] for r in records]
     pair_samples: dict[str, list[list[str]]] = {}
     best_n = cfg.eval.best_of_n
-    for i, (name, path) in enumerate(policies.items()):
+    for name, path in policies.items():
+        i = index[name]
         policy = models.load_policy(path, device)
         if name == sft_label:
             if not given_reference:

@@ -232,3 +232,41 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
     for t in list(module.parameters()) + list(module.buffers()):
         if not isinstance(t, DTensor):  # a model sharded by --fsdp was broadcast before it was sharded
             td.broadcast(t.data, src=0)
+
+
+@torch.no_grad()
+def gradient_split(first: list, total: list, names: tuple[str, str] = ("first", "second")) -> dict:
+    """Two loss terms back-propagated one after the other into the same parameters: `first` holds
+    copies of the gradients after the first term, `total` the gradients after both (this rank's,
+    before the all-reduce). The norms of the two terms' gradients over every rank's sum, and their
+    cosine: {name_grad_norm, ..., "grad_cosine"}. A parameter the first term did not reach has
+    None in `first`."""
+    a_parts, b_parts, sharded = [], [], []
+    for g1, g in zip(first, total):
+        if g is None:
+            continue
+        local = lambda t: t.to_local() if isinstance(t, DTensor) else t  # noqa: E731
+        g_all = local(g).float()
+        g_first = torch.zeros_like(g_all) if g1 is None else local(g1).float()
+        a_parts.append(g_first.reshape(-1))
+        b_parts.append((g_all - g_first).reshape(-1))
+        sharded.append(isinstance(g, DTensor))
+    if not a_parts:
+        return {}
+    # plain data parallelism: each rank holds its share of the gradient, so sum the vectors; under
+    # FSDP each rank holds a slice of the already summed gradient, so sum the slices' products
+    plain = [i for i, s in enumerate(sharded) if not s]
+    if plain and world() > 1:
+        both = torch.cat([torch.cat([a_parts[i] for i in plain]), torch.cat([b_parts[i] for i in plain])])
+        td.all_reduce(both, op=td.ReduceOp.SUM)
+        n = both.numel() // 2
+        a_plain, b_plain = both[:n], both[n:]
+    else:
+        a_plain = torch.cat([a_parts[i] for i in plain]) if plain else torch.zeros(0)
+        b_plain = torch.cat([b_parts[i] for i in plain]) if plain else torch.zeros(0)
+    a_sh = torch.cat([a_parts[i] for i, s in enumerate(sharded) if s] or [torch.zeros(0)])
+    b_sh = torch.cat([b_parts[i] for i, s in enumerate(sharded) if s] or [torch.zeros(0)])
+    aa, bb, ab = all_sum([float(a_sh @ a_sh), float(b_sh @ b_sh), float(a_sh @ b_sh)]).tolist()
+    aa, bb, ab = aa + float(a_plain @ a_plain), bb + float(b_plain @ b_plain), ab + float(a_plain @ b_plain)
+    cos = ab / max((aa * bb) ** 0.5, 1e-30)
+    return {f"{names[0]}_grad_norm": aa ** 0.5, f"{names[1]}_grad_norm": bb ** 0.5, "grad_cosine": cos}

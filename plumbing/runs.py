@@ -203,9 +203,11 @@ def seed_everything(seed: int) -> None:
 # ----------------------------------------------------------------------------- the loop over stages
 
 def run_stages(cfg: config.Config, device, todo: list[tuple[str, object]], order: list[str], resumable: set[str],
-               hints: dict[str, str], check_models=None) -> None:
+               hints: dict[str, str], check_models=None, summaries: set[str] = frozenset()) -> None:
     """Run `todo` ((folder, stage function) pairs) in the run folder: `order` is every stage
-    folder in pipeline order, `resumable` the stages that keep a killed attempt's checkpoints."""
+    folder in pipeline order, `resumable` the stages that keep a killed attempt's checkpoints,
+    `summaries` the stages that read every earlier one (eval): complete, they are redone when an
+    earlier stage ran in the same command (a stage added to a finished run, e.g. --controls)."""
     from plumbing import metrics as logs
     out = Path(cfg.run.out)
     if cfg.run.tensorboard:  # every rank: a missing package stops all of them before any work
@@ -223,10 +225,11 @@ def run_stages(cfg: config.Config, device, todo: list[tuple[str, object]], order
         if run.main:
             data.write_json(out / "config.json", check_settings(cfg, out))
         dist.barrier()
-        run_plan(cfg, run, out, todo, order, resumable)
+        run_plan(cfg, run, out, todo, order, resumable, summaries)
 
 
-def run_plan(cfg: config.Config, run: Run, out: Path, todo, order: list[str], resumable: set[str]) -> None:
+def run_plan(cfg: config.Config, run: Run, out: Path, todo, order: list[str], resumable: set[str],
+             summaries: set[str] = frozenset()) -> None:
     from plumbing import metrics as logs
     run.log(f"RLP run in {out}  device={run.device}  processes={dist.world()}  stage={cfg.run.stage}")
     auto_data = cfg.run.stage not in ("all", "data")  # the built-in splits are cheap and deterministic: on demand
@@ -236,13 +239,17 @@ def run_plan(cfg: config.Config, run: Run, out: Path, todo, order: list[str], re
             if is_complete(out, name):
                 remove(out / name / CHECKPOINTS)  # a kill before a complete stage's checkpoints went
     t_all = time.time()
+    ran = False  # a stage before this one ran in this command
     for name, fn in todo:
         done = is_complete(out, name) and (name != "data" or data_is_current(cfg, out))
         done = dist.broadcast_object(done)  # every rank takes rank 0's decision
-        redo = cfg.run.force and not (auto_data and name == "data")
+        redo = (cfg.run.force and not (auto_data and name == "data")) or (name in summaries and ran and done)
+        if redo and not cfg.run.force:
+            run.log(f"[{name}] complete, redone: an earlier stage ran")
         if done and not redo:
             run.log(f"[{name}] complete, skipped (--force to redo)")
             continue
+        ran = True
         run.log(f"[{name}]")
         t0 = time.time()
         seed_everything(run.seeds.stage(name))  # each stage's randomness independent of the others

@@ -9,6 +9,7 @@ from transformers import LlamaForSequenceClassification
 
 import ib_loss
 import lm
+import spg
 from extras import ablations
 from plumbing import models
 
@@ -85,10 +86,10 @@ def test_mvi_is_mib_without_the_bottleneck_term():
 
 def test_random_pair_never_picks_two_equal_texts():
     rng = random.Random(0)
-    assert ablations.random_pair(["7", "7", "7"], rng) is None
+    assert spg.random_pair(["7", "7", "7"], rng) is None
     for _ in range(200):
         outs_ = ["7", "7", "8", "9"]
-        i, j = ablations.random_pair(outs_, rng)
+        i, j = spg.random_pair(outs_, rng)
         assert outs_[i] != outs_[j]
 
 

@@ -186,3 +186,28 @@ def test_synthesize_select_all_gamma_zero():
 
 
 # ----------------------------------------------------------------------------- Table 5 baselines
+
+
+# ----------------------------------------------------------------------------- the fresh-label control
+
+def test_fresh_labels_are_the_annotators_on_policy_samples():
+    """rlp.fresh_preferences: as many pairs as asked, two different samples of one instruction of
+    P each, labelled as Step 1's annotator labels: the gold preference with no flips, its opposite
+    with every label flipped; an instruction whose samples are one text gives no pair."""
+    import rlp
+    samples = [{"instruction": "Sort", "input": f"{k} 1 2", "outputs": [f"12{k}", f"1{k}2", "x"]} for k in range(3, 9)]
+    samples.append({"instruction": "Sort", "input": "3 2 1", "outputs": ["123"] * 3})
+    for flip, agree in [(0.0, True), (1.0, False)]:
+        pairs, stats = rlp.fresh_preferences(samples, 5, flip, seed=0)
+        assert len(pairs) == stats["pairs"] == 5
+        for p in pairs:
+            rec = next(s for s in samples if s["input"] == p["input"])
+            assert p["output_1"] != p["output_2"] and {p["output_1"], p["output_2"]} <= set(rec["outputs"])
+            gold = task.gold_preference(p["instruction"], p["input"], p["output_1"], p["output_2"])
+            assert (p["preference"] == gold) == agree
+    pairs, stats = rlp.fresh_preferences(samples, 50, 0.25, seed=1)  # more than P can give
+    assert stats["pairs"] == 6 and all(p["input"] != "3 2 1" for p in pairs)
+    flips = [rlp.fresh_preferences(samples, 6, 0.5, seed=s)[0] for s in range(40)]
+    flipped = sum(p["preference"] != task.gold_preference(p["instruction"], p["input"], p["output_1"],
+                                                          p["output_2"]) for ps in flips for p in ps)
+    assert 0.35 < flipped / 240 < 0.65  # about half the labels flipped at rate 0.5

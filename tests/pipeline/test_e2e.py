@@ -337,3 +337,35 @@ def test_ablation_options_run_every_stage(tmp_path):
     assert json.loads((tmp_path / "rlp_reward_uml" / "uml_heads.json").read_text())["kind"] == "infomax"
     rows = [json.loads(line) for line in (tmp_path / "rlp_reward_spg" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("labels") == "rlaif" and "no_preference" in r for r in rows)
+
+
+def test_controls_and_a_second_round(tmp_path):
+    """--controls adds the fresh-label RM (as many pairs as SPG made, from P, labelled by the
+    annotator) and its PPO; --rlp-rounds 2 samples round 2's P from round 1's RLP policy. Run again,
+    the command finds everything complete."""
+    import config
+    import rlp
+    from plumbing import data, models
+    args = ["--method", "spg", "--spg-gamma", "0", "--controls", "--rlp-rounds", "2"]
+    train(tmp_path, *args)
+    synthetic = data.read_records(tmp_path / "rlp_reward_spg" / "synthetic_prefs.jsonl", data.PREFERENCE)
+    fresh = data.read_records(tmp_path / "rlp_reward_fresh" / "fresh_prefs.jsonl", data.PREFERENCE)
+    assert len(fresh) == len(synthetic) > 0
+    P = {(r["instruction"], r["input"]): r["outputs"] for r in data.read_records(tmp_path / "rlp_samples" / "P.jsonl",
+                                                                                  data.SAMPLES)}
+    assert all({r["output_1"], r["output_2"]} <= set(P[r["instruction"], r["input"]]) for r in fresh)
+    # round 2's P is what round 1's RLP-SPG policy samples with round 2's seed
+    cfg = config.make(preset="tiny", seed=0)
+    tok = models.load_tokenizer(tmp_path / "sft")
+    recs = data.read_records(tmp_path / "data" / "unlabeled.jsonl", data.INSTRUCTION)
+    prompts = models.encode_prompts(tok, recs, "compact", cfg.model.max_prompt_len)
+    policy = models.load_policy(tmp_path / "rlp_ppo_spg" / "policy", "cpu")
+    want = rlp.build_policy_samples(policy, tok, recs, prompts, cfg.rlp.rlp_n, 1.0, cfg.model.max_response_len,
+                                    cfg.model.gen_batch, config.seeds(0).round(2).rlp_samples, show=False)
+    got = data.read_records(tmp_path / "rlp_samples_spg_r2" / "P.jsonl", data.SAMPLES)
+    assert [r["outputs"] for r in got] == [r["outputs"] for r in want]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {"PPO, fresh labels", "RLP-SPG, round 2"} <= set(results["policies"])
+    assert {"Fresh-label RM", "RLP-SPG RM, round 2"} <= set(results["rm_accuracy"])
+    again = train(tmp_path, *args)
+    assert "redone" not in again.stdout and again.stdout.count("complete, skipped") == again.stdout.count("[")

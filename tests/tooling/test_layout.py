@@ -158,7 +158,9 @@ PPO_ROUTE = {"ppo.py": ["train_ppo", "Loop", "start_loop", "rollout", "reward_sc
                        "token_logprobs", "sequence_scores", "head_score", "_last_token_hidden", "token_values",
                        "backbone", "as_one_forward", "autocast"]}
 # what a reader follows through Step 4 (both variants, and the recipe around them)
-STEP4_ROUTE = {"rlp.py": None,  # all of it
+STEP4_ROUTE = {"rlp.py": ["build_policy_samples", "new_rm", "uml_loss_fn", "relearn_uml", "synthetic_preferences",
+                          "score_all", "relearn_spg", "clusterer", "folder", "policy_before", "stage_samples",
+                          "stage_uml", "stage_spg", "label_accuracy", "stage_ppo"],
                "ib_loss.py": ["symmetric_kl", "jsd_mutual_information", "partner_rows", "beta_schedule", "mlp",
                               "MIBHeads"],
                "spg.py": ["cluster_by_key", "confidence", "largest_cluster", "preference_pair", "synthesize"],
