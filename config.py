@@ -3,7 +3,8 @@
 Each field is a command-line flag of train.py (`rm_lr` is `--rm-lr`); its help says where the
 default comes from: the paper, AlpacaFarm (the code and settings the paper used), or our choice
 for the built-in task on a CPU (TUNING.md records how those were chosen). `python train.py
---help` prints them grouped as here. A run folder's config.json holds every field, flat.
+--help` prints them grouped as here. A run folder's config.json holds every setting that changes
+results (RUN_ONLY's are left out), flat, with the data files' hashes.
 """
 from __future__ import annotations
 
@@ -257,7 +258,7 @@ class Config:
         check(self)
 
     def flat(self) -> dict:
-        """Every setting by its flag's name (what config.json holds)."""
+        """Every setting by its flag's name (config.json holds those that change results)."""
         return {k: v for name in SECTIONS for k, v in dataclasses.asdict(getattr(self, name)).items()}
 
 
@@ -405,10 +406,11 @@ class Seeds:
 
 
 def seeds(base: int) -> Seeds:
-    """Every seed of a run, derived from --seed in one place. Each stream has a seed of its own, so
-    that changing one stage's work (more samples, another method) leaves every other stage's
-    random numbers as they were. The offsets are arbitrary but fixed: changing one changes every
-    result made before. (Each process also adds its own offset to its sampling seeds:
+    """Every seed of a run, derived from --seed in one place. Each stream has a field of its own, so
+    that changing one stage's work (more samples, another method) can leave every other stage's
+    random numbers as they were; some share a value (sft, reward and base; uml_views and spg), as
+    they always have. The offsets are arbitrary but fixed: changing one changes every result made
+    before. (Each process also adds its own offset to its sampling seeds:
     plumbing/dist.rank_seed.)"""
     return Seeds(base=base, sft=base, reward=base, prefs=base + 1, ppo=base + 7, ppo_minibatches=base + 8,
                  ppo_sample_tables=base + 7 + 7_000_000, rlp_samples=base + 4, uml=base + 5, uml_views=base + 6,

@@ -15,7 +15,7 @@ Gradients of L_M flow into the RM backbone through h(v): that is how the unlabel
 policy samples shape the reward model's representation.
 
 The paper's Table 4 replaces L_M with other representation losses (MVI, InfoMax, contrastive):
-extras/ablations.py, as subclasses of MIBHeads that change `objective`.
+extras/ablations.py, as subclasses of MIBHeads that change `objective` (and `critic_inputs`).
 """
 from __future__ import annotations
 

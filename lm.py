@@ -10,8 +10,8 @@ Conventions used everywhere (docs/ppo_checklist.md, "Tokens and masks"):
     defaults to top_k=50 from a model's generation_config, a classic source of PPO ratio bugs).
 
 Shapes: prompts [B, P], responses [B, R], logits [B, R, V], per-token values [B, R].
-This file imports only torch. The one hook for sharded models is named where it is used
-(plumbing/fsdp.py installs it).
+This file imports only torch. The two hooks for sharded models (`run_as_root_forward`,
+`all_ranks_done`) are named where they are used; plumbing/fsdp.py installs them.
 """
 from __future__ import annotations
 

@@ -23,8 +23,11 @@ import torch
 from tqdm import tqdm
 
 import lm
+import task
 from config import PPOConfig, Seeds
-from plumbing import dist
+from plumbing import dist, lora
+from plumbing.checkpoint import PPOCheckpoints
+from plumbing.metrics import Metrics
 from plumbing.sampling import make_generator
 
 
@@ -225,74 +228,6 @@ def update(policy, value, optimizer, batch: dict, cfg: PPOConfig, rng: random.Ra
     return global_stats(sums, minibatches)
 
 
-# ----------------------------------------------------------------------------- the loop
-
-@dataclass
-class Loop:
-    """What PPO carries from one iteration to the next besides the weights: all a resumed run
-    needs (plumbing/checkpoint.py saves and restores it)."""
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    kl: KLController
-    batches: dist.Batches       # the global rollout batches' prompts, the same on every rank
-    minibatch_rng: random.Random  # minibatch order: its own stream, so prompt order ignores N
-    generator: torch.Generator  # sampling: a different seed on each rank
-
-
-def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], records: list[dict], cfg: PPOConfig,
-              seeds: Seeds, max_response_len: int, max_grad_norm: float, micro_batch: int = 0, log=None,
-              checkpoints=None, gold: Callable[[dict, str], float] | None = None, desc: str = "ppo",
-              show: bool = True) -> KLController:
-    """Run cfg.ppo_iterations PPO iterations on the prompts (Step 3, and Step 5 with the re-learned
-    RM). rollout_batch is global: each rank rolls out its shard of the batch's prompts.
-    `gold(record, text)`, when given (built-in task), logs the gold score of every rollout.
-    `log` (a PPOLog) writes each iteration's row and sample table; `checkpoints` (a
-    plumbing.checkpoint.PPOCheckpoints) resumes from the latest checkpoint and saves new ones."""
-    loop = start_loop(policy, ref, rm, value, len(prompts), cfg, seeds)
-    start = checkpoints.resume(policy, value, loop) if checkpoints is not None else 0
-    bar = tqdm(range(start, cfg.ppo_iterations), initial=start, total=cfg.ppo_iterations, desc=desc,
-               disable=not show, leave=False)
-    for it in bar:
-        local = dist.shard(loop.batches.next())  # this rank's prompts of the global rollout batch
-        batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in local], cfg, loop.kl.value,
-                        max_response_len, loop.generator, records=[records[i] for i in local])
-        if log is not None:  # the policy that drew this iteration's rollouts, on fixed prompts
-            log.sample_table(it, policy, ref, rm)
-        lr = loop.optimizer.param_groups[0]["lr"]
-        row = update(policy, value, loop.optimizer, batch, cfg, loop.minibatch_rng, max_grad_norm, micro_batch)
-        loop.scheduler.step()
-        row.update(iteration=it, kl_coef=loop.kl.value, lr=lr,
-                   **rollout_stats(batch, tokenizer, [records[i] for i in local], cfg, loop.kl.value, gold))
-        loop.kl.update(row["kl"], cfg.rollout_batch)  # the global KL: every rank keeps the same beta
-        if log is not None:
-            log.iteration(row, batch, [records[i] for i in local])
-        bar.set_postfix(score=f"{row['score']:.2f}", kl=f"{row['kl']:.2f}",
-                        **({"gold": f"{row['gold']:.3f}"} if gold is not None else {}))
-        if checkpoints is not None:
-            checkpoints.save_if_due(it + 1, policy, value, loop)
-    return loop.kl
-
-
-def start_loop(policy, ref, rm, value, n_prompts: int, cfg: PPOConfig, seeds: Seeds) -> Loop:
-    """Frozen reference and RM, the same weights on every rank, the optimizer and schedules."""
-    for m in (ref,) + ((rm,) if isinstance(rm, torch.nn.Module) else ()):
-        m.requires_grad_(False)  # frozen: no optimizer state, no gradients (checklist 15)
-    dist.per_rank(cfg.rollout_batch, "--rollout-batch")
-    dist.per_rank(cfg.step_batch, "--step-batch")
-    dist.broadcast_parameters(policy)
-    dist.broadcast_parameters(value)
-    params = [p for p in list(policy.parameters()) + list(value.parameters()) if p.requires_grad]  # LoRA: adapters, heads
-    optimizer = torch.optim.AdamW(params, lr=cfg.ppo_lr, eps=1e-5, weight_decay=0.0)  # Adam eps 1e-5 (checklist 14)
-    # linear decay to 0 over the run, stepped once per rollout (AlpacaFarm decays too)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - it / max(1, cfg.ppo_iterations))
-    generator = make_generator(next(policy.parameters()).device, seeds.ppo)
-    return Loop(optimizer, scheduler, KLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon),
-                dist.Batches(n_prompts, cfg.rollout_batch, seeds.ppo), random.Random(seeds.ppo_minibatches),
-                generator)
-
-
-# ----------------------------------------------------------------------------- statistics of an iteration
-
 @torch.no_grad()
 def add_stats(sums: dict, mb: dict, logits, logprobs, new_values, pl, vl, cfg: PPOConfig, first: bool) -> None:
     """Token sums of one micro-batch's statistics, divided by the global token count at the end;
@@ -353,16 +288,78 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return (1.0 - var_d / var_r.clamp(min=1e-8)).item()
 
 
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class Loop:
+    """What PPO carries from one iteration to the next besides the weights: all a resumed run
+    needs (plumbing/checkpoint.py saves and restores it)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    kl: KLController
+    batches: dist.Batches       # the global rollout batches' prompts, the same on every rank
+    minibatch_rng: random.Random  # minibatch order: its own stream, so prompt order ignores N
+    generator: torch.Generator  # sampling: a different seed on each rank
+
+
+def train_ppo(policy, ref, rm, value, tokenizer, prompts: list[list[int]], records: list[dict], cfg: PPOConfig,
+              seeds: Seeds, max_response_len: int, max_grad_norm: float, micro_batch: int = 0, log=None,
+              checkpoints=None, gold: Callable[[dict, str], float] | None = None, desc: str = "ppo",
+              show: bool = True) -> None:
+    """Run cfg.ppo_iterations PPO iterations on the prompts (Step 3, and Step 5 with the re-learned
+    RM). rollout_batch is global: each rank rolls out its shard of the batch's prompts.
+    `gold(record, text)`, when given (built-in task), logs the gold score of every rollout.
+    `log` (a PPOLog) writes each iteration's row and sample table; `checkpoints` (a
+    plumbing.checkpoint.PPOCheckpoints) resumes from the latest checkpoint and saves new ones."""
+    loop = start_loop(policy, ref, rm, value, len(prompts), cfg, seeds)
+    start = checkpoints.resume(policy, value, loop) if checkpoints is not None else 0
+    bar = tqdm(range(start, cfg.ppo_iterations), initial=start, total=cfg.ppo_iterations, desc=desc,
+               disable=not show, leave=False)
+    for it in bar:
+        local = dist.shard(loop.batches.next())  # this rank's prompts of the global rollout batch
+        recs = [records[i] for i in local]
+        batch = rollout(policy, ref, rm, value, tokenizer, [prompts[i] for i in local], cfg, loop.kl.value,
+                        max_response_len, loop.generator, recs)
+        if log is not None:  # the policy that drew this iteration's rollouts, on fixed prompts
+            log.sample_table(it, policy, ref, rm)
+        lr = loop.optimizer.param_groups[0]["lr"]
+        stats = update(policy, value, loop.optimizer, batch, cfg, loop.minibatch_rng, max_grad_norm, micro_batch)
+        loop.scheduler.step()
+        row = {**stats, "iteration": it, "kl_coef": loop.kl.value, "lr": lr,
+               **rollout_stats(batch, tokenizer, recs, cfg, loop.kl.value, gold)}
+        loop.kl.update(row["kl"], cfg.rollout_batch)  # the global KL: every rank keeps the same beta
+        if log is not None:
+            log.iteration(row, batch, recs, bar)
+        if checkpoints is not None:
+            checkpoints.save_if_due(it + 1, policy, value, loop)
+
+
+def start_loop(policy, ref, rm, value, n_prompts: int, cfg: PPOConfig, seeds: Seeds) -> Loop:
+    """Frozen reference and RM, the same weights on every rank, the optimizer and schedules."""
+    for m in (ref,) + ((rm,) if isinstance(rm, torch.nn.Module) else ()):
+        m.requires_grad_(False)  # frozen: no optimizer state, no gradients (checklist 15)
+    dist.per_rank(cfg.rollout_batch, "--rollout-batch")
+    dist.per_rank(cfg.step_batch, "--step-batch")
+    dist.broadcast_parameters(policy)
+    dist.broadcast_parameters(value)
+    params = [p for p in list(policy.parameters()) + list(value.parameters()) if p.requires_grad]  # LoRA: adapters, heads
+    optimizer = torch.optim.AdamW(params, lr=cfg.ppo_lr, eps=1e-5, weight_decay=0.0)  # Adam eps 1e-5 (checklist 14)
+    # linear decay to 0 over the run, stepped once per rollout (AlpacaFarm decays too)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - it / max(1, cfg.ppo_iterations))
+    generator = make_generator(next(policy.parameters()).device, seeds.ppo)
+    return Loop(optimizer, scheduler, KLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon),
+                dist.Batches(n_prompts, cfg.rollout_batch, seeds.ppo), random.Random(seeds.ppo_minibatches),
+                generator)
+
+
 # ----------------------------------------------------------------------------- how the pipeline runs it
 
 def run_ppo(run, rm_dir, dest, metrics, desc: str, reward=None) -> None:
     """Steps 3 and 5: PPO from SFT (also the frozen reference) against the RM in rm_dir; the value
     model starts from that RM with a zeroed head. `reward` (a TextReward) replaces the RM's score,
     with the value model still started from rm_dir (stage ppo_gold)."""
-    from plumbing import lora
-    from plumbing.checkpoint import PPOCheckpoints
-    from plumbing.metrics import Metrics
     cfg = run.cfg
+    gold = task.gold if cfg.data.builtin else None  # the built-in task's judge, logged beside the reward
     tokenizer = run.tokenizer()
     sft_dir = run.require("sft")
     policy = run.policy(sft_dir, train=True)
@@ -373,11 +370,11 @@ def run_ppo(run, rm_dir, dest, metrics, desc: str, reward=None) -> None:
     prompts = run.prompts(tokenizer, recs)
     samples = Metrics(dest / "samples.jsonl" if run.main else None, tensorboard=metrics.tensorboard)
     log = PPOLog(metrics, samples, tokenizer, prompts, recs, cfg.ppo, run.seeds, cfg.model.max_response_len,
-                 run.gold())
+                 gold)
     checkpoints = PPOCheckpoints(dest / run.CHECKPOINTS, cfg.scale.checkpoint_every, cfg.scale.checkpoint_keep,
                                  cfg.ppo.ppo_iterations, [metrics, samples], desc)
     train_ppo(policy, ref, rm, value, tokenizer, prompts, recs, cfg.ppo, run.seeds, cfg.model.max_response_len,
-              cfg.run.max_grad_norm, cfg.scale.micro_batch, log=log, checkpoints=checkpoints, gold=run.gold(),
+              cfg.run.max_grad_norm, cfg.scale.micro_batch, log=log, checkpoints=checkpoints, gold=gold,
               desc=desc, show=run.show)
     samples.close()
     run.save_model(policy, tokenizer, dest / "policy")
@@ -395,7 +392,7 @@ def stage_ppo_gold(run, dest, metrics) -> None:
     each learned RM recovers. The gold score is normalised like every RM (mean 0, std 1 on the
     Step-1 SFT samples, checklist 7), so the KL coefficient means the same; the value model starts
     from the Step-2 RM, as Step 3's does."""
-    gold = run.gold()
+    gold = task.gold
     prefs = run.read("prefs", "prefs.jsonl")
     sft_gold = [gold(r, r[k]) for r in prefs for k in ("output_1", "output_2")]
     mean, std = statistics.fmean(sft_gold), max(statistics.pstdev(sft_gold), 1e-6)
@@ -421,9 +418,13 @@ class PPOLog:
         self.cfg, self.seeds, self.max_response_len, self.gold = cfg, seeds, max_response_len, gold
         self.indices = list(range(min(SAMPLE_PROMPTS, len(prompts))))
 
-    def iteration(self, row: dict, batch: dict, records: list[dict]) -> None:
+    def iteration(self, row: dict, batch: dict, records: list[dict], bar=None) -> None:
+        """The iteration's row, with three of its rollouts as text; its numbers on the progress bar."""
         texts = lm.decode_responses(self.tokenizer, batch["r_ids"][:3], batch["mask"][:3])
         self.metrics.log(**row, samples=[f"{r['instruction']} {r['input']} -> {t}" for r, t in zip(records, texts)])
+        if bar is not None:
+            bar.set_postfix(score=f"{row['score']:.2f}", kl=f"{row['kl']:.2f}",
+                            **({"gold": f"{row['gold']:.3f}"} if "gold" in row else {}))
 
     def sample_table(self, iteration: int, policy, ref, rm) -> None:
         if self.samples is None:  # no sample table asked for

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import lm
+import task
 from plumbing import dist, fsdp, models
 from plumbing.sampling import score_texts
 
@@ -213,7 +214,6 @@ def train_kwargs(run, metrics, val_pairs=None) -> dict:
 def stage_reward(run, dest, metrics) -> None:
     """Step 2 in the pipeline: the RM from SFT on the train split of D, its held-out accuracy,
     normalised on SFT samples."""
-    import task
     tokenizer = run.tokenizer()
     train, val, val_recs = human_pairs(run, tokenizer)
     rm = run.scorer(run.require("sft"), train=True)

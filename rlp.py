@@ -18,12 +18,15 @@ from __future__ import annotations
 import random
 
 import torch
+from safetensors.torch import save_file
 
 import lm
+import ppo
 import reward
 import spg
+import task
 from ib_loss import MIBHeads, beta_schedule
-from plumbing import dist
+from plumbing import data, dist, models
 from plumbing.sampling import generate_texts, make_generator, score_texts
 
 
@@ -38,6 +41,8 @@ def build_policy_samples(policy, tokenizer, records: list[dict], prompts: list[l
                              make_generator(device, seed), desc="sampling P", show=show)
     return [{"instruction": r["instruction"], "input": r["input"], "outputs": o} for r, o in zip(records, outputs)]
 
+
+# ----------------------------------------------------------------------------- where the re-learned RM starts
 
 def new_rm(run):
     """The RM to re-learn (--rlp-init): from the SFT weights, as Step 2 started (ours), or from the
@@ -118,17 +123,25 @@ def relearn_uml(rm, tokenizer, pairs: list[reward.Pair], samples: list[dict], pr
 
 # ----------------------------------------------------------------------------- RLP-SPG
 
-def synthetic_preferences(samples: list[dict], scores: list[list[float]], *, gamma: float, seed: int,
-                          cluster) -> tuple[list[dict], dict]:
-    """RLP-SPG's D_hat: cluster each instruction's outputs (`cluster(record)` -> the cluster labels
-    of record["outputs"]; it may read the question too), keep the instructions whose confidence
-    passes gamma, and pair the best-scored output of the largest cluster (`scores`: the Step-2 RM's,
-    `score_all`) with one from another cluster (spg.synthesize)."""
-    # each rank clusters its shard of P (an NLI model is the costly part) and every rank gets all the
-    # labels: the same clusters, hence the same pairs, on every rank
-    clusters = dist.gather([cluster(samples[i]) for i in dist.shard(list(range(len(samples))))])
-    pairs, stats = spg.synthesize(samples, scores, gamma, seed, clusters)
-    return pairs, {**stats, "n": len(samples[0]["outputs"]) if samples else 0, "labels": "consistency"}
+def clusterer(run):
+    """--spg-cluster: a record of P -> its outputs' cluster labels (spg.py). exact: equal answers
+    (the built-in task's normalised answer, or for your own data the text with case and spacing
+    ignored); nli: bidirectional entailment (paper); embedding: cosine of sentence embeddings. The
+    last two read each answer after its question with --spg-condition-on-question on."""
+    cfg = run.cfg.rlp
+    if cfg.spg_cluster == "exact":
+        if run.cfg.data.builtin:  # the answer as the gold judge reads it: "0237" and "237" differ for Sort
+            return lambda rec: spg.cluster_by_key(rec["outputs"], lambda o: task.normalize(o, rec["instruction"]))
+        return lambda rec: spg.cluster_by_key(rec["outputs"], lambda text: " ".join(text.split()).casefold())
+    from extras import similarity
+    question = spg.question_of if cfg.spg_condition_on_question == "on" else (lambda rec: None)
+    if cfg.spg_cluster == "nli":
+        with models.loading("--nli-model", cfg.nli_model):
+            entails = similarity.NLIEntailment(cfg.nli_model, run.device)
+        return lambda rec: spg.cluster_by_entailment(rec["outputs"], entails, question(rec))
+    with models.loading("--embedding-model", cfg.embedding_model or "(all-MiniLM-L6-v2)"):
+        embed = similarity.SentenceEmbedder(cfg.embedding_model or None, run.device)
+    return lambda rec: spg.cluster_by_embedding(rec["outputs"], embed, cfg.embedding_threshold, question(rec))
 
 
 def score_all(rm, tokenizer, samples: list[dict], prompts, max_response_len: int, batch_size: int):
@@ -143,34 +156,24 @@ def score_all(rm, tokenizer, samples: list[dict], prompts, max_response_len: int
     return per_row
 
 
+def synthetic_preferences(samples: list[dict], scores: list[list[float]], *, gamma: float, seed: int,
+                          cluster) -> tuple[list[dict], dict]:
+    """RLP-SPG's D_hat: cluster each instruction's outputs (`cluster(record)` -> the cluster labels
+    of record["outputs"]; it may read the question too), keep the instructions whose confidence
+    passes gamma, and pair the best-scored output of the largest cluster (`scores`: the Step-2 RM's,
+    `score_all`) with one from another cluster (spg.synthesize)."""
+    # each rank clusters its shard of P (an NLI model is the costly part) and every rank gets all the
+    # labels: the same clusters, hence the same pairs, on every rank
+    clusters = dist.gather([cluster(samples[i]) for i in dist.shard(list(range(len(samples))))])
+    pairs, stats = spg.synthesize(samples, scores, gamma, seed, clusters)
+    return pairs, {**stats, "n": len(samples[0]["outputs"]) if samples else 0, "labels": "consistency"}
+
+
 def relearn_spg(rm, tokenizer, human_pairs: list[reward.Pair], synthetic: list[reward.Pair], *, seed: int,
                 train_kwargs: dict) -> None:
     """RLP-SPG: Eq. 1 with lambda = 0 on D u D_hat."""
     reward.train_reward_model(rm, human_pairs + synthetic, tokenizer.pad_token_id, seed=seed,
                               desc="rlp-spg reward", **train_kwargs)
-
-
-def clusterer(run):
-    """--spg-cluster: a record of P -> its outputs' cluster labels (spg.py). exact: equal answers
-    (the built-in task's normalised answer, or for your own data the text with case and spacing
-    ignored); nli: bidirectional entailment (paper); embedding: cosine of sentence embeddings. The
-    last two read each answer after its question with --spg-condition-on-question on."""
-    import task
-    cfg = run.cfg.rlp
-    if cfg.spg_cluster == "exact":
-        if run.cfg.data.builtin:  # the answer as the gold judge reads it: "0237" and "237" differ for Sort
-            return lambda rec: spg.cluster_by_key(rec["outputs"], lambda o: task.normalize(o, rec["instruction"]))
-        return lambda rec: spg.cluster_by_key(rec["outputs"], lambda text: " ".join(text.split()).casefold())
-    from extras import similarity
-    from plumbing import models
-    question = spg.question_of if cfg.spg_condition_on_question == "on" else (lambda rec: None)
-    if cfg.spg_cluster == "nli":
-        with models.loading("--nli-model", cfg.nli_model):
-            entails = similarity.NLIEntailment(cfg.nli_model, run.device)
-        return lambda rec: spg.cluster_by_entailment(rec["outputs"], entails, question(rec))
-    with models.loading("--embedding-model", cfg.embedding_model or "(all-MiniLM-L6-v2)"):
-        embed = similarity.SentenceEmbedder(cfg.embedding_model or None, run.device)
-    return lambda rec: spg.cluster_by_embedding(rec["outputs"], embed, cfg.embedding_threshold, question(rec))
 
 
 # ----------------------------------------------------------------------------- how the pipeline runs them
@@ -211,9 +214,6 @@ def stage_uml(round: int = 1, lam: float | None = None):
     and after (`hidden_variance`), and, every 10 steps, the backbone gradient norms of the
     Bradley-Terry term and of lambda * L_M and their cosine (reward.train_reward_model)."""
     def stage(run, dest, metrics) -> None:
-        from safetensors.torch import save_file
-
-        from plumbing import data
         cfg, seeds = run.cfg.rlp, run.seeds.round(round)
         tokenizer = run.tokenizer()
         samples = run.read(folder("samples", "uml", round), "P.jsonl", data.SAMPLES)
@@ -241,8 +241,6 @@ def stage_spg(round: int = 1):
     """Step 4, RLP-SPG: synthetic pairs from P by self-consistency (or a Table 5 baseline's), then
     the RM re-learned on D u D_hat. In every round y_w is picked by the Step-2 RM's score."""
     def stage(run, dest, metrics) -> None:
-        import task
-        from plumbing import data
         cfg, seeds = run.cfg.rlp, run.seeds.round(round)
         tokenizer = run.tokenizer()
         samples = run.read(folder("samples", "spg", round), "P.jsonl", data.SAMPLES)
@@ -260,7 +258,7 @@ def stage_spg(round: int = 1):
             synthetic, stats = ablations.baseline_preferences(run, cfg.synthetic_labels, scores, tokenizer, samples,
                                                               seed=seeds.spg)
         if run.cfg.data.builtin:  # accuracy of the synthetic labels against the gold judge (exact gold ties count half)
-            stats["label_accuracy_gold"] = label_accuracy(synthetic, task)
+            stats["label_accuracy_gold"] = label_accuracy(synthetic)
         metrics.log(**stats)
         passed = (f"{stats['passed_gamma']}/{stats['instructions']} instructions pass gamma={cfg.spg_gamma}"
                   if cfg.synthetic_labels == "consistency" else f"labels from {cfg.synthetic_labels}")
@@ -278,7 +276,7 @@ def stage_spg(round: int = 1):
     return stage
 
 
-def label_accuracy(pairs: list[dict], task) -> float | None:
+def label_accuracy(pairs: list[dict]) -> float | None:
     """Share of preference pairs whose chosen output the gold judge scores higher (exact gold ties
     count half)."""
     wins = []
@@ -292,7 +290,6 @@ def label_accuracy(pairs: list[dict], task) -> float | None:
 def stage_ppo(method: str, round: int = 1):
     """Step 5: PPO from SFT against the RM re-learned by `method` (uml, spg, or the fresh control)."""
     def stage(run, dest, metrics) -> None:
-        import ppo
         name = f"rlp-ppo-{method}" + (f"-r{round}" if round > 1 else "")
         ppo.run_ppo(run, run.require(folder("reward", method, round)), dest, metrics, name)
     return stage
@@ -306,7 +303,6 @@ def fresh_preferences(samples: list[dict], n_pairs: int, flip_rate: float, seed:
     (spg.random_pair), labelled by Step 1's simulated annotator (the gold preference, flipped with
     `flip_rate`) as a human would label them; instructions whose samples are all one text are
     passed over."""
-    import task
     rng = random.Random(seed)
     order = list(range(len(samples)))
     rng.shuffle(order)
@@ -356,14 +352,12 @@ def stage_fresh(run, dest, metrics) -> None:
     """The fresh-label control (built-in task): as many pairs as SPG synthesised, from the same P,
     labelled by Step 1's simulated annotator, and the RM re-learned on D u those pairs exactly as
     SPG's is. Its policy's gain over PPO is about the most any re-learning on P could give."""
-    import task
-    from plumbing import data
     tokenizer = run.tokenizer()
     samples = run.read("rlp_samples", "P.jsonl", data.SAMPLES)
     synthetic = run.require("rlp_reward_spg") / "synthetic_prefs.jsonl"
     n_pairs = sum(1 for line in synthetic.read_text().split("\n") if line.strip())
     fresh, stats = fresh_preferences(samples, n_pairs, run.cfg.prefs.flip_rate, run.seeds.fresh)
-    stats["label_accuracy_gold"] = label_accuracy(fresh, task)
+    stats["label_accuracy_gold"] = label_accuracy(fresh)
     metrics.log(**stats)
     acc = stats["label_accuracy_gold"]
     run.log(f"  fresh labels: {stats['pairs']} pairs (SPG made {n_pairs}), accuracy vs gold "

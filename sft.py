@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 import lm
-from plumbing import dist
+from plumbing import data, dist, models
 
 
 def sft_loss(model, prompt_ids, prompt_mask, resp_ids, resp_mask, num_tokens: float | None = None) -> torch.Tensor:
@@ -74,7 +74,6 @@ def train_sft(model, tokenizer, prompts: list[list[int]], responses: list[list[i
 
 def stage_sft(run, dest, metrics) -> None:
     """Step 0 in the pipeline: --model (or the built-in tiny Llama) fine-tuned on the demonstrations."""
-    from plumbing import data, models
     cfg = run.cfg
     recs = run.records("sft", data.DEMO)
     if cfg.model.model:

@@ -114,6 +114,11 @@ def gold_score(instruction: str, input: str, output: str) -> float:
     return 0.5 * difflib.SequenceMatcher(None, got, truth).ratio()
 
 
+def gold(record: dict, output: str) -> float:
+    """The gold judge's score of an output for a record of the built-in task (gold_score)."""
+    return gold_score(record["instruction"], record["input"], output)
+
+
 def _coin(*parts: str) -> int:
     """A deterministic fair coin (1 or 2) for exact ties, so labels don't depend on order of calls."""
     return 1 + hashlib.sha256("\x00".join(parts).encode()).digest()[0] % 2

@@ -197,7 +197,7 @@ def check_models(cfg: config.Config) -> list:
     """Every model the requested stages will load, found before the first one runs."""
     chosen = plan(cfg)
     scorers = any(s.rm or s.ppo or s.folder == "eval" for s in chosen)  # they build RMs or value models
-    return runs.check_models(cfg, {s.folder for s in chosen}, scorers)
+    return runs.find_models(cfg, {s.folder for s in chosen}, scorers)
 
 
 def main(argv=None) -> None:

@@ -14,7 +14,7 @@ Step-3 policy judges them, extras/judge.py).
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F

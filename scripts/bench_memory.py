@@ -114,7 +114,7 @@ def rss_gb(field: str) -> float:
 
 
 def worker(folder: str, fsdp: bool, lora_rank: int, out: str) -> None:
-    """One PPO iteration with the four models, as train.py's run_ppo builds them."""
+    """One PPO iteration with the four models, as ppo.run_ppo builds them."""
     import torch
 
     import config

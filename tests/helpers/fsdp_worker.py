@@ -108,7 +108,7 @@ def main(out: Path, mode: str, rank: int) -> None:
     rows = []
 
     class Log:  # ppo.PPOLog's interface: keep the rows
-        def iteration(self, row, batch, records):
+        def iteration(self, row, batch, records, bar=None):
             rows.append(row)
 
         def sample_table(self, *args):

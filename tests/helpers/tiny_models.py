@@ -27,7 +27,7 @@ class RowLog:
     def __init__(self):
         self.rows = []
 
-    def iteration(self, row, batch, records):
+    def iteration(self, row, batch, records, bar=None):
         self.rows.append(row)
 
     def sample_table(self, *args):

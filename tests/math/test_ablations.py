@@ -5,13 +5,11 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaForSequenceClassification
 
 import ib_loss
 import lm
 import spg
 from extras import ablations
-from plumbing import models
 
 from test_reward_ib import tiny_rm, tok  # noqa: F401 (a fixture)
 

@@ -290,3 +290,27 @@ def test_rollout_with_a_text_reward_scores_each_records_text(tok, policy):
     assert torch.equal(batch["rm_scores"], want)
     returns = want[:, None].expand_as(batch["mask"]) * batch["mask"]  # gamma = lam = 1, KL = 0 (policy = ref)
     torch.testing.assert_close(batch["returns"], returns, atol=1e-4, rtol=1e-5)
+
+
+def test_no_eos_penalty_replaces_the_score_of_responses_that_never_end(tok, policy):
+    """--no-eos-penalty (checklist 8): a response without EOS gets the fixed score in place of the
+    RM's, one with EOS keeps the RM's; with the penalty off (nan) every response keeps the RM's."""
+    pol = eos_biased(policy, tok.eos_token_id, bias=3.0)
+    value = scorer_from(policy, seed=2)
+    seen = {}
+
+    def score(recs, texts):
+        return [float(len(t)) for t in texts]
+
+    for penalty in (-7.0, float("nan")):
+        cfg = tiny_cfg(no_eos_penalty=penalty)
+        batch = ppo.rollout(pol, copy.deepcopy(pol), ppo.TextReward(score), value, tok, prompt_ids(tok), cfg,
+                            cfg.kl_coef, 3, torch.Generator().manual_seed(0), records=[{}] * len(TEXTS))
+        seen[penalty == penalty] = batch
+        want = batch["rm_scores"].clone()
+        if penalty == penalty:
+            want[~batch["has_eos"]] = penalty
+        # gamma = lam = 1, KL = 0 (policy = ref), no reward whitening: every valid token's return is the score
+        torch.testing.assert_close(batch["returns"], want[:, None].expand_as(batch["mask"]) * batch["mask"],
+                                   atol=1e-4, rtol=1e-5)
+    assert 0 < seen[True]["has_eos"].sum() < len(TEXTS)  # both kinds of response occur

@@ -323,3 +323,16 @@ def test_train_reward_model_logs_each_terms_backbone_gradient(tok):
     assert row["grad_cosine"] == pytest.approx((bt @ ex / (bt.norm() * ex.norm())).item(), abs=1e-4)
     for p, q in zip(trained.parameters(), plain.parameters()):
         assert torch.equal(p, q)  # logging took copies: the training is bitwise the one without it
+
+
+def test_normalised_scores_on_the_sft_samples_have_mean_0_and_std_1(tok):
+    """Checklist 7: after normalize_scores, the RM's scores of the texts it was normalised on have
+    mean 0 and standard deviation 1 (the KL coefficient then means the same for every RM)."""
+    from plumbing.sampling import score_texts
+    rm = tiny_rm(tok, seed=5)
+    prompts = [tok(t).input_ids for t in ["Add 12 7 =", "Sort 3 9 1 =", "Reverse abc =", "Add 1 1 ="] * 3]
+    texts = ["19", "139", "cba", "2", "18", "931", "abc", "11", "1", "913", "bca", "3"]
+    mean, std = reward.normalize_scores(rm, tok, prompts, texts, max_response_len=8)
+    assert rm.config.score_mean == mean and rm.config.score_std == std
+    scores = score_texts(rm, tok, prompts, texts, 8, batch_size=5)
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-5) and scores.std().item() == pytest.approx(1.0, abs=1e-5)

@@ -6,7 +6,6 @@ import pytest
 
 import spg
 import task
-from plumbing import sampling
 
 
 def normalize_cluster(outputs):

@@ -23,7 +23,6 @@ import tiny_models
 from tiny_models import bpe_tokenizer, prompt_corpus
 import lm
 import config
-from plumbing import runs
 
 MAX_RESPONSE = 6  # response tokens of a test rollout
 

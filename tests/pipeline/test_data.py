@@ -1,4 +1,4 @@
-"""Data files and run folders (data.py): errors that name file and line, atomic writes,
+"""Data files and run folders (plumbing/data.py, plumbing/runs.py): errors that name file and line, atomic writes,
 and stage folders that never hold a half-written output."""
 import json
 

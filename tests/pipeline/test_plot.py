@@ -1,4 +1,4 @@
-"""Watching reward hacking: the figures and hacks.md of plot.py (drawn from hand-made run files,
+"""Watching reward hacking: the figures and hacks.md of extras/plot.py (drawn from hand-made run files,
 so every plotted number can be checked against its file), PPO's sample table (fixed prompts,
 and no change to the training), and --tensorboard (event files read back, a missing package)."""
 import copy
@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-from plumbing import data
 from plumbing import models
 from extras import plot
 import config

@@ -26,7 +26,7 @@ def test_planned_bytes_by_hand():
     (p, _), (s, _) = bench_memory.parameter_counts(tiny_config(), 0).values()
     plain = bench_memory.planned_bytes(tiny_config(), 8, fsdp=False, lora_rank=0)
     assert plain["weights"] == 4 * (2 * p + 2 * s) and plain["gradients"] == 4 * (p + s)
-    assert plain["adam"] == 8 * (p + s)  # 40 bytes per parameter in all, as the README says
+    assert plain["adam"] == 8 * (p + s)  # 40 bytes per parameter in all, as docs/scale.md says
     sharded = bench_memory.planned_bytes(tiny_config(), 8, fsdp=True, lora_rank=0)
     assert all(sharded[k] == plain[k] / 8 for k in ("weights", "gradients", "adam"))
     (pl, pt), (sl, st) = bench_memory.parameter_counts(tiny_config(), 4).values()

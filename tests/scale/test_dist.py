@@ -115,7 +115,7 @@ import os, sys
 sys.path.insert(0, {root!r})
 from plumbing import dist
 dist.init()
-from plumbing import models  # transformers' modeling code, imported after the group exists (as train.py's stages do)
+from plumbing import models  # transformers' modeling code imported after the group exists: the risky order
 dist.barrier()
 dist.close()
 names = []

@@ -1,4 +1,4 @@
-"""--fsdp (fsdp.py) on 2 CPU processes with gloo: the same training as without sharding, a sampler
+"""--fsdp (plumbing/fsdp.py) on 2 CPU processes with gloo: the same training as without sharding, a sampler
 whose ranks end at different times, sharded PPO checkpoints that resume exactly, the whole
 pipeline under torchrun (with LoRA), and a clear error without torchrun. tests/helpers/fsdp_worker.py
 does the training; tests/helpers/run_helpers.py runs the pipeline."""

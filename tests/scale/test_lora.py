@@ -1,4 +1,4 @@
-"""LoRA (lora.py): only adapters (and a score head) train; the reference is the policy with its
+"""LoRA (plumbing/lora.py): only adapters (and a score head) train; the reference is the policy with its
 adapters off, exactly the SFT model; saved models are merged Hugging Face folders."""
 import json
 
