@@ -1,5 +1,8 @@
-"""scripts/reproduce.py: its statistics by hand, and the whole script on a tiny config (every run,
-RESULTS.md with every table, both figures), then a re-run that skips every finished run."""
+"""scripts/reproduce.py and scripts/report.py: the statistics by hand, the report on hand-made
+records, and the whole script on the tiny preset (every kind of run, records, a resumed second
+invocation that runs nothing, the report rebuilt from the records alone)."""
+import gzip
+import json
 import math
 import subprocess
 import sys
@@ -7,59 +10,108 @@ from pathlib import Path
 
 import pytest
 
-from scripts import reproduce
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import report  # noqa: E402  (scripts/report.py)
+import reproduce  # noqa: E402
 
 
-def test_mean_ci_student_t_by_hand():
-    mean, ci = reproduce.mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    mean1, ci1 = reproduce.mean_ci([5.0])  # one seed: no interval, and the table says so
-    assert mean1 == 5.0 and math.isnan(ci1) and reproduce.fmt(mean1, ci1) == "5.0"
-    assert reproduce.fmt(2.0, 0.25, sign="+") == "+2.0 ± 0.2"
-    _, ci2 = reproduce.mean_ci([1.0, 3.0])  # df = 1: t = 12.706, sd = sqrt(2)
-    assert ci2 == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))
-
-
-def test_tiny_reproduction_writes_every_table(tmp_path):
-    tuning = tmp_path / "TUNING.md"
-    tuning.write_text("Every setting tried: (a hand-written record)\n")
-    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--ablation-seeds", "1",
-           "--sensitivity-seeds", "1", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "RESULTS.md"),
-           "--figures", str(tmp_path / "figures"), "--tuning", str(tuning)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = (tmp_path / "RESULTS.md").read_text()
-    for heading in ["Main table", "Paired differences", "off-distribution", "Table 4", "Table 5", "Sensitivity",
-                    "Figures", "How the settings were chosen", "Package versions"]:
-        assert heading in text, heading
-    for row in ["| RLP-SPG |", "| PPO (gold reward) |", "| PPO − SFT |", "| RLP-UML − PPO |", "| RLP-SPG − PPO |",
-                "| PPO (gold reward) − PPO |", "| Step-2 RM |", "| InfoMax: I(v; z) only |",
-                "| RLAIF (the policy judges) |", "| gamma 0.7 |", "| 4 |", "| lambda 1 |",
-                "Every setting tried: (a hand-written record)"]:
-        assert row in text, row
-    assert reproduce.read_versions_table(text) == reproduce.package_versions()
-    # the paired row holds each seed's difference, computed from the runs
-    runs = [tmp_path / "runs" / f"seed{s}" for s in (0, 1)]
-    d = reproduce.paired_differences(reproduce.win_rates(runs, "PPO"), reproduce.win_rates(runs, "SFT"))
-    assert f"| PPO − SFT | {d['mean']:+.1f} ± {d['ci']:.1f} | {d['higher']} of 2 seeds | " in text
-    assert (tmp_path / "figures" / "overoptimisation.png").stat().st_size > 1000
-    assert (tmp_path / "figures" / "rm_accuracy.png").stat().st_size > 1000
-    expected = ["seed1"] + [f"{name}.seed{s}" for name, (group, _, _) in reproduce.VARIANTS.items()
-                            for s in (0,)]  # one seed each here: the suite's time budget
-    for name in expected:
-        assert (tmp_path / "runs" / name / "eval" / "DONE").is_file(), name
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
-    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 1 + len(expected)
+def test_mean_ci_by_hand():
+    mean, ci = report.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and ci == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # sd 1, t(2) = 4.303
+    mean1, ci1 = report.mean_ci([5.0])  # one seed: no interval, and the table says so
+    assert mean1 == 5.0 and math.isnan(ci1) and report.fmt(mean1, ci1) == "5.0"
+    assert report.fmt(2.0, 0.25, sign="+") == "+2.0 ± 0.2"
 
 
 def test_paired_differences_by_hand():
-    d = reproduce.paired_differences([50.0, 60.0, 55.0], [40.0, 58.0, 57.0])
+    d = report.paired_differences([50.0, 60.0, 55.0], [40.0, 58.0, 57.0])
     assert d["diffs"] == [10.0, 2.0, -2.0] and d["higher"] == 2 and d["n"] == 3
     # mean 10/3; sd = sqrt(((20/3)^2 + (4/3)^2 + (16/3)^2) / 2) = sqrt(112/3); t(2) = 4.303
     assert d["mean"] == pytest.approx(10 / 3)
     assert d["ci"] == pytest.approx(4.303 * math.sqrt(112 / 3) / math.sqrt(3))
+
+
+def test_ratio_interval_by_hand():
+    point, lo, hi = report.ratio_interval([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert point == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)  # every resample
+    point, lo, hi = report.ratio_interval([1.0, 3.0], [1.0, 1.0])
+    assert point == pytest.approx(2.0) and lo == pytest.approx(1.0) and hi == pytest.approx(3.0)
+    assert math.isnan(report.ratio_interval([1.0, 1.0], [1.0, -1.0])[0])  # no gain to share
+
+
+def fake_record(name: str, seed: int, values: dict, rm: dict | None = None) -> dict:
+    """A run's record holding only what the tables read: each policy's win-rate, accuracy and gold score."""
+    return {"name": name, "seed": seed, "commands": [], "config": {}, "timings": [{"stage": "sft", "seconds": 60}],
+            "metrics": {},
+            "results": {"policies": {p: {"win_rate": w, "accuracy": a, "gold_score": g} for p, (w, a, g) in values.items()},
+                        "rm_accuracy": rm or {}}}
+
+
+def test_three_metric_paired_rows_by_hand():
+    """The paired table's rows, for each metric, equal the per-seed differences computed by hand:
+    win-rate as is, exact accuracy and gold score in points (x 100)."""
+    runs = [fake_record("seed0", 0, {report.SFT: (50.0, 0.70, 0.80), report.PPO: (55.0, 0.80, 0.85)}),
+            fake_record("seed1", 1, {report.SFT: (52.0, 0.72, 0.81), report.PPO: (51.0, 0.75, 0.82)})]
+    table = report.paired_table(runs, [(report.PPO, report.SFT)])
+    rows = [line for line in table.splitlines() if line.startswith(f"| {report.PPO} − {report.SFT}")]
+    assert len(rows) == 3
+    for row, diffs in zip(rows, [[5.0, -1.0], [10.0, 3.0], [5.0, 1.0]]):
+        d = report.paired_differences(diffs, [0.0, 0.0])
+        cells = [c.strip() for c in row.split("|")]
+        assert cells[3] == report.fmt(d["mean"], d["ci"], 1, "+")
+        assert cells[5] == ", ".join(f"{x:+.1f}" for x in diffs)
+    assert "| 2 of 2 |" in rows[1] and "| 1 of 2 |" in rows[0]
+
+
+def test_noise_table_compares_the_same_seeds(tmp_path):
+    pol = {report.SFT: (50.0, 0.7, 0.8), report.PPO: (55.0, 0.8, 0.9)}
+    records = {"seed0": fake_record("seed0", 0, pol), "noise.seed0": fake_record("noise.seed0", 0, {
+        report.SFT: (50.0, 0.7, 0.8), report.PPO: (49.0, 0.6, 0.7)})}
+    table = report.noise_table(records, [0])
+    assert f"| {report.PPO} − {report.SFT} | +10.0 (1/1) | -10.0 (0/1) | +10.0 → -10.0 |" in table
+
+
+def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--sweep",
+           "--kl-coefs", "0.05", "--rounds", "--lambdas", "--lambda-values", "1", "--runs", str(runs),
+           "--results", str(results), "--figures", str(tmp_path / "figures")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = results.read_text()
+    for heading in ["Main table", "Paired differences in three metrics", "off-distribution", "over-optimisation "
+                    "pressure", "Iterated RLP-SPG", "RLP-UML's mechanism", "How the settings were chosen",
+                    "Package versions"]:
+        assert heading in text, heading
+    for row in [f"| {report.FRESH} |", f"| {report.SPG} − {report.PPO} | exact accuracy (points) |",
+                f"| {report.FRESH_RM} |", f"| {report.UML0_RM} |", "| 0.05 | 2 |", "| 1.0 | 2 |", "| 3 |"]:
+        assert row in text, row
+    assert report.read_versions_table(text) == report.package_versions()
+    records = report.load(runs / "records")
+    assert set(records) == {"seed0", "seed1", "kl_0.05.seed0", "kl_0.05.seed1", "lambda_1.seed0", "lambda_1.seed1"}
+    rounds = [c for c in records["seed0"]["commands"] if "--rlp-rounds" in c]
+    assert rounds and "RLP-SPG, round 3" in records["seed0"]["results"]["policies"]  # the rounds joined the main run
+    assert all("samples" not in row for rows in records["seed0"]["metrics"]["ppo"] for row in [rows])
+    lam = records["lambda_1.seed0"]["metrics"]["rlp_reward_uml"]
+    assert any("extra_grad_norm" in r for r in lam) and any("hidden_within_share_after" in r for r in lam)
+    # the paired row is computed from the records
+    main = [records["seed0"], records["seed1"]]
+    d = report.paired_differences(report.series(main, report.PPO, "win_rate"), report.series(main, report.SFT,
+                                                                                             "win_rate"))
+    assert f"| {report.PPO} − {report.SFT} | win-rate (points) | {report.fmt(d['mean'], d['ci'], 1, '+')} |" in text
+    assert (tmp_path / "figures" / "pressure_sweep.png").stat().st_size > 1000
+    # a second invocation finds every record complete and runs nothing; the report rebuilds from records alone
+    again = subprocess.run(cmd + ["--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and "min\n" not in again.stdout.split("all runs complete")[0]
+    import shutil
+    shutil.rmtree(runs / "seed0")
+    only = subprocess.run(cmd + ["--report-only", "--results", str(tmp_path / "again.md")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    assert only.returncode == 0, only.stderr[-2000:]
+    body = lambda t: t.split("## Findings")[1].split("## Wall time")[0]  # noqa: E731 (the header names the command)
+    assert body((tmp_path / "again.md").read_text()) == body(text)
 
 
 def requirement_pins() -> dict[str, str]:
@@ -73,20 +125,27 @@ def requirement_pins() -> dict[str, str]:
 
 
 def test_version_table_round_trip():
-    versions = {name: f"1.{i}.0" for i, name in enumerate(reproduce.PACKAGES)}
-    text = "# R\n\n## Package versions\n\nsome words\n\n" + reproduce.versions_table(versions) + "\n\n## Next\n| a | b |\n"
-    assert reproduce.read_versions_table(text) == versions
+    versions = {name: f"1.{i}.0" for i, name in enumerate(report.PACKAGES)}
+    text = "# R\n\n## Package versions\n\nsome words\n\n" + report.versions_table(versions) + "\n\n## Next\n| a | b |\n"
+    assert report.read_versions_table(text) == versions
 
 
 def test_pins_cover_the_packages_that_decide_the_numbers():
     pins = requirement_pins()
-    assert set(reproduce.PACKAGES) <= set(pins), set(reproduce.PACKAGES) - set(pins)
+    assert set(report.PACKAGES) <= set(pins), set(report.PACKAGES) - set(pins)
 
 
 def test_results_name_the_pinned_versions():
     """RESULTS.md says which versions made its numbers; they must be the ones requirements.txt
     installs, or a fresh install cannot reproduce them."""
-    named = reproduce.read_versions_table((ROOT / "RESULTS.md").read_text())
+    named = report.read_versions_table((ROOT / "RESULTS.md").read_text())
     pins = requirement_pins()
     assert named, "RESULTS.md has no package-versions table"
-    assert named == {name: pins[name] for name in reproduce.PACKAGES}
+    assert named == {name: pins[name] for name in report.PACKAGES}
+
+
+def test_record_round_trip(tmp_path):
+    """A record is gzip-compressed JSON that load() reads back by its run's name."""
+    rec = fake_record("seed3", 3, {report.SFT: (50.0, 0.7, 0.8)})
+    (tmp_path / "seed3.json.gz").write_bytes(gzip.compress(json.dumps(rec).encode()))
+    assert report.load(tmp_path) == {"seed3": rec}

@@ -1,0 +1,566 @@
+"""RESULTS.md and figures/ from the runs' records (results/runs/*.json.gz, written by
+scripts/reproduce.py). Every number is computed here from those records; nothing is typed in.
+
+    python scripts/reproduce.py --report-only     # the usual way in
+
+How methods are compared: on the same seed (same data, SFT model, preferences, Step-2 RM and
+reference answers), the difference of two methods is taken per seed, then summarised over seeds
+(mean, 95% Student-t interval, how many seeds are higher, every seed's value), in three metrics:
+win-rate against the reference (a tie counts half), exact accuracy and mean gold score.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+from extras.evaluate import policy_labels  # noqa: E402
+
+LABEL = {s.folder: (s.policy or s.rm) for s in train.STAGES}
+SFT, PPO, GOLD = LABEL["sft"], LABEL["ppo"], LABEL["ppo_gold"]
+UML, SPG, FRESH = LABEL["rlp_ppo_uml"], LABEL["rlp_ppo_spg"], LABEL["rlp_ppo_fresh"]
+STEP2_RM, UML_RM, SPG_RM = LABEL["reward"], LABEL["rlp_reward_uml"], LABEL["rlp_reward_spg"]
+FRESH_RM, UML0_RM = LABEL["rlp_reward_fresh"], LABEL["rlp_reward_uml0"]
+BEST_OF_N = "Best-of-n"
+# (metric key in results.json, its name, scale to points, digits)
+METRICS = [("win_rate", "win-rate (points)", 1.0, 1), ("accuracy", "exact accuracy (points)", 100.0, 1),
+           ("gold_score", "mean gold score (×100)", 100.0, 1)]
+PAIRED = [(PPO, SFT), (BEST_OF_N, SFT), (GOLD, PPO), (SPG, PPO), (UML, PPO), (FRESH, PPO), (SPG, UML)]
+PACKAGES = ["torch", "transformers", "tokenizers", "safetensors", "numpy"]
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of a 95% Student-t interval over seeds (nan for one value: no interval)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = T975.get(n - 1) or T975[max(k for k in T975 if k <= n - 1)]
+    return mean, t * sd / math.sqrt(n)
+
+
+def paired_differences(a: list[float], b: list[float]) -> dict:
+    """Per-seed differences a_s - b_s of two methods run on the same seeds, their mean with a 95%
+    Student-t interval over seeds, and in how many seeds a is higher. Pairing removes what the
+    seeds share, so this is the comparison to trust, not two separate intervals."""
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, ci = mean_ci(diffs)
+    return {"diffs": diffs, "mean": mean, "ci": ci, "higher": sum(d > 0 for d in diffs), "n": len(diffs)}
+
+
+def ratio_interval(num: list[float], den: list[float], draws: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(num) / mean(den) over seeds, and a 95% percentile bootstrap interval (seeds resampled
+    with replacement, the same seeds in numerator and denominator). A ratio of per-seed ratios
+    would explode on seeds where the denominator is near 0; this does not. nan when mean(den) = 0."""
+    n = len(num)
+    point = sum(num) / sum(den) if sum(den) else math.nan
+    rng = random.Random(seed)
+    boots = []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        d = sum(den[i] for i in idx)
+        if d:
+            boots.append(sum(num[i] for i in idx) / d)
+    if len(boots) < draws // 2:
+        return point, math.nan, math.nan
+    boots.sort()
+    return point, boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
+
+
+def fmt_number(x: float) -> str:
+    """A setting as it appears in a run's name: 1.0 -> "1", 0.05 -> "0.05"."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def fmt(mean: float, ci: float, digits: int = 1, sign: str = "") -> str:
+    """"mean ± ci"; the mean alone when there is no interval (one seed)."""
+    if mean != mean:
+        return "–"
+    return f"{mean:{sign}.{digits}f}" + ("" if math.isnan(ci) else f" ± {ci:.{digits}f}")
+
+
+def pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.0f}%"
+
+
+# ----------------------------------------------------------------------------- reading records
+
+def load(records: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted(Path(records).glob("*.json.gz")):
+        rec = json.loads(gzip.decompress(path.read_bytes()))
+        out[rec["name"]] = rec
+    return out
+
+
+def value(rec: dict, policy: str, key: str, scale: float = 1.0) -> float:
+    """A policy's metric in a run (nan when the run has no such policy)."""
+    row = rec["results"]["policies"].get(policy)
+    return scale * row[key] if row else math.nan
+
+
+def rm_acc(rec: dict, rm: str, source: str) -> float:
+    row = rec["results"].get("rm_accuracy", {}).get(rm, {}).get(source)
+    return 100 * row["accuracy"] if row else math.nan
+
+
+def stage_rows(rec: dict, stage: str) -> list[dict]:
+    return rec["metrics"].get(stage, [])
+
+
+def last(rec: dict, stage: str, key: str):
+    rows = [r for r in stage_rows(rec, stage) if key in r]
+    return rows[-1][key] if rows else math.nan
+
+
+def have(runs: list[dict], policy: str) -> bool:
+    return bool(runs) and all(policy in r["results"]["policies"] for r in runs)
+
+
+def series(runs: list[dict], policy: str, key: str, scale: float = 1.0) -> list[float]:
+    return [value(r, policy, key, scale) for r in runs]
+
+
+# ----------------------------------------------------------------------------- tables
+
+def main_table(runs: list[dict]) -> str:
+    names = [p for p in policy_labels(train.STAGES) if have(runs, p)]
+    rows = ["| method | win-rate (%) | exact accuracy (%) | mean gold score | win-rate per seed |", "|---|---|---|---|---|"]
+    for name in names:
+        w, a, g = (series(runs, name, k, s) for k, _, s, _ in METRICS)
+        rows.append(f"| {name} | {fmt(*mean_ci(w))} | {fmt(*mean_ci(a))} | {fmt(*mean_ci([x / 100 for x in g]), 3)} | "
+                    f"{', '.join(f'{x:.1f}' for x in w)} |")
+    return "\n".join(rows)
+
+
+def paired_table(runs: list[dict], pairs=PAIRED) -> str:
+    rows = ["| difference | metric | mean ± 95% interval | higher in | per seed |", "|---|---|---|---|---|"]
+    for a, b in pairs:
+        if not (have(runs, a) and have(runs, b)):
+            continue
+        for key, name, scale, digits in METRICS:
+            d = paired_differences(series(runs, a, key, scale), series(runs, b, key, scale))
+            rows.append(f"| {a} − {b} | {name} | {fmt(d['mean'], d['ci'], digits, '+')} | {d['higher']} of {d['n']} | "
+                        f"{', '.join(f'{x:+.{digits}f}' for x in d['diffs'])} |")
+    return "\n".join(rows)
+
+
+def fractions_table(runs: list[dict]) -> str:
+    """Each re-learning's gain over PPO as a fraction of two yardsticks: the fresh-label control's
+    gain (what re-learning on P with real labels gives) and PPO's gap to PPO on the gold reward."""
+    rows = ["| method | metric | share of the fresh-label gain [95% bootstrap] | share of PPO's gap to the gold "
+            "reward [95% bootstrap] |", "|---|---|---|---|"]
+    for name in (SPG, UML, FRESH):
+        if not have(runs, name):
+            continue
+        for key, metric, scale, _ in METRICS:
+            gain = [x - y for x, y in zip(series(runs, name, key, scale), series(runs, PPO, key, scale))]
+            fresh = [x - y for x, y in zip(series(runs, FRESH, key, scale), series(runs, PPO, key, scale))] \
+                if have(runs, FRESH) else None
+            gap = [x - y for x, y in zip(series(runs, GOLD, key, scale), series(runs, PPO, key, scale))]
+            f = ratio_interval(gain, fresh) if fresh and name != FRESH else (math.nan,) * 3
+            g = ratio_interval(gain, gap)
+            rows.append(f"| {name} | {metric} | {pct(f[0])} [{pct(f[1])}, {pct(f[2])}] | "
+                        f"{pct(g[0])} [{pct(g[1])}, {pct(g[2])}] |")
+    return "\n".join(rows)
+
+
+def distribution(runs: list[dict]) -> str:
+    """How often PPO over-optimised, and each method's per-seed spread (median, range)."""
+    n = len(runs)
+    lines = []
+    below = [r["name"] for r in runs if value(r, PPO, "win_rate") <= value(r, SFT, "win_rate")]
+    worse = [r["name"] for r in runs if value(r, PPO, "accuracy") <= value(r, SFT, "accuracy")]
+    lines.append(f"- PPO ended at or below SFT in win-rate on {len(below)} of {n} seeds"
+                 + (f" ({', '.join(below)})" if below else "") + f", in exact accuracy on {len(worse)} of {n}"
+                 + (f" ({', '.join(worse)})" if worse else "") + ".")
+    for name in [p for p in policy_labels(train.STAGES) if have(runs, p)]:
+        acc = series(runs, name, "accuracy", 100)
+        lines.append(f"- {name}: exact accuracy median {statistics.median(acc):.1f}%, range {min(acc):.1f}–"
+                     f"{max(acc):.1f}%.")
+    return "\n".join(lines)
+
+
+def rm_table(runs: list[dict], sources: list[str]) -> str:
+    rms = [rm for rm in [STEP2_RM, UML_RM, UML0_RM, SPG_RM, FRESH_RM]
+           if all(rm in r["results"].get("rm_accuracy", {}) for r in runs)]
+    rows = ["| reward model | " + " | ".join(f"{s} samples" for s in sources) + " |", "|---|" + "---|" * len(sources)]
+    for rm in rms:
+        rows.append(f"| {rm} | " + " | ".join(fmt(*mean_ci([rm_acc(r, rm, s) for r in runs])) for s in sources) + " |")
+    return "\n".join(rows)
+
+
+def sweep(records: dict, seeds: list[int], kl_coefs: list[float]) -> tuple[str, dict]:
+    """The pressure sweep: per KL coefficient, each method minus PPO (exact accuracy and win-rate)
+    over the seeds that have it, and the share of PPO's gap to the gold reward each recovers."""
+    coefs = sorted(set(kl_coefs) | {0.02})
+    rows = ["| KL coef β | seeds | PPO − SFT (acc.) | Step-2 RM acc. on PPO samples | method | − PPO, exact accuracy | "
+            "− PPO, win-rate | share of PPO's gap to gold recovered [95%] |", "|---|---|---|---|---|---|---|---|"]
+    points = {}
+    for beta in coefs:
+        runs = [records[f"seed{s}"] if beta == 0.02 else records.get(f"kl_{fmt_number(beta)}.seed{s}") for s in seeds]
+        runs = [r for r in runs if r is not None and have([r], SPG)]
+        if len(runs) < 2:
+            continue
+        ppo_sft = paired_differences(series(runs, PPO, "accuracy", 100), series(runs, SFT, "accuracy", 100))
+        acc_rm = mean_ci([rm_acc(r, STEP2_RM, PPO) for r in runs])
+        for name in (GOLD, SPG, FRESH):
+            if not have(runs, name):
+                continue
+            da = paired_differences(series(runs, name, "accuracy", 100), series(runs, PPO, "accuracy", 100))
+            dw = paired_differences(series(runs, name, "win_rate"), series(runs, PPO, "win_rate"))
+            gap = [x - y for x, y in zip(series(runs, GOLD, "accuracy", 100), series(runs, PPO, "accuracy", 100))]
+            share = ratio_interval(da["diffs"], gap) if name != GOLD else (1.0, math.nan, math.nan)
+            points.setdefault(name, []).append((beta, da["mean"], da["ci"]))
+            rows.append(f"| {beta} | {len(runs)} | {fmt(ppo_sft['mean'], ppo_sft['ci'], 1, '+')} | {fmt(*acc_rm)} | "
+                        f"{name} | {fmt(da['mean'], da['ci'], 1, '+')} ({da['higher']}/{da['n']}) | "
+                        f"{fmt(dw['mean'], dw['ci'], 1, '+')} | "
+                        + ("–" if name == GOLD else f"{pct(share[0])} [{pct(share[1])}, {pct(share[2])}]") + " |")
+    return "\n".join(rows), points
+
+
+def rounds_table(runs: list[dict]) -> str:
+    """Iterated RLP-SPG: each round's policy minus PPO, and each round's RM on the samples it was
+    re-learned on (round 1: PPO's; round r: round r - 1's RLP-SPG policy's)."""
+    rows = ["| round | policy − PPO, exact accuracy | − PPO, win-rate | − PPO, gold score (×100) | RM accuracy on the "
+            "samples it learned from | Step-2 RM on them |", "|---|---|---|---|---|---|"]
+    source = PPO
+    for r in (1, 2, 3):
+        policy = SPG if r == 1 else f"{SPG}, round {r}"
+        rm = SPG_RM if r == 1 else f"{SPG_RM}, round {r}"
+        if not have(runs, policy):
+            break
+        cells = [paired_differences(series(runs, policy, k, s), series(runs, PPO, k, s)) for k, _, s, _ in METRICS]
+        rows.append(f"| {r} | " + " | ".join(f"{fmt(d['mean'], d['ci'], 1, '+')} ({d['higher']}/{d['n']})"
+                                              for d in cells)
+                    + f" | {fmt(*mean_ci([rm_acc(x, rm, source) for x in runs]))} | "
+                      f"{fmt(*mean_ci([rm_acc(x, STEP2_RM, source) for x in runs]))} |")
+        source = policy
+    return "\n".join(rows)
+
+
+def uml_rows(rec: dict, stage: str) -> dict:
+    """What UML's logs say of one RM: the ratio of lambda * L_M's backbone gradient to the
+    Bradley-Terry one (median and largest over steps >= 50), their mean cosine, and the share of
+    hidden-state variance within an instruction before and after."""
+    steps = [r for r in stage_rows(rec, stage) if "bt_grad_norm" in r and r.get("step", 0) >= 50]
+    ratios = [r["extra_grad_norm"] / r["bt_grad_norm"] for r in steps if r["bt_grad_norm"] > 0]
+    return {"ratio_median": statistics.median(ratios) if ratios else math.nan,
+            "ratio_max": max(ratios) if ratios else math.nan,
+            "cosine": statistics.fmean(r["grad_cosine"] for r in steps) if steps else math.nan,
+            "before": last(rec, stage, "hidden_within_share_before"),
+            "after": last(rec, stage, "hidden_within_share_after")}
+
+
+def uml_table(records: dict, seeds: list[int]) -> str:
+    rows = ["| UML weight λ | seeds | RM accuracy on PPO samples (%) | on SFT samples (%) | within-instruction share of "
+            "hidden-state variance, before → after | backbone gradient λ·L_M / Bradley–Terry (median; max) | their "
+            "cosine |", "|---|---|---|---|---|---|---|"]
+    cases = [(0.0, [(records.get(f"seed{s}"), "rlp_reward_uml0", UML0_RM) for s in seeds]),
+             (0.1, [(records.get(f"lambda_0.1.seed{s}"), "rlp_reward_uml", UML_RM) for s in seeds]),
+             (0.5, [(records.get(f"seed{s}"), "rlp_reward_uml", UML_RM) for s in seeds]),
+             (1.0, [(records.get(f"lambda_1.seed{s}"), "rlp_reward_uml", UML_RM) for s in seeds])]
+    for lam, items in cases:
+        items = [(r, st, rm) for r, st, rm in items if r is not None and rm in r["results"].get("rm_accuracy", {})]
+        if not items:
+            continue
+        logs = [uml_rows(r, st) for r, st, _ in items]
+        ok = [x for x in logs if x["after"] == x["after"]]
+        rows.append(f"| {lam} | {len(items)} | {fmt(*mean_ci([rm_acc(r, rm, PPO) for r, _, rm in items]))} | "
+                    f"{fmt(*mean_ci([rm_acc(r, rm, SFT) for r, _, rm in items]))} | "
+                    + (f"{statistics.fmean(x['before'] for x in ok):.3f} → {statistics.fmean(x['after'] for x in ok):.3f} "
+                       f"({len(ok)} seeds)" if ok else "– (not logged)") + " | "
+                    + (f"{statistics.median([x['ratio_median'] for x in logs if x['ratio_median'] == x['ratio_median']]):.2f}; "
+                       f"{max(x['ratio_max'] for x in logs if x['ratio_max'] == x['ratio_max']):.1f}"
+                       if any(x["ratio_median"] == x["ratio_median"] for x in logs) else "–") + " | "
+                    + (f"{statistics.fmean(x['cosine'] for x in logs if x['cosine'] == x['cosine']):+.2f}"
+                       if any(x["cosine"] == x["cosine"] for x in logs) else "–") + " |")
+    spg = [(records.get(f"seed{s}")) for s in seeds]
+    spg = [r for r in spg if r is not None and SPG_RM in r["results"].get("rm_accuracy", {})]
+    if spg:
+        rows.append(f"| (RLP-SPG RM) | {len(spg)} | {fmt(*mean_ci([rm_acc(r, SPG_RM, PPO) for r in spg]))} | "
+                    f"{fmt(*mean_ci([rm_acc(r, SPG_RM, SFT) for r in spg]))} | – | – | – |")
+    return "\n".join(rows)
+
+
+def noise_table(records: dict, seeds: list[int]) -> str:
+    """Five seeds run twice, the second time with --micro-batch (the same training, another float
+    summation order): per seed and paired over seeds, in exact accuracy."""
+    pairs = [(records[f"seed{s}"], records[f"noise.seed{s}"]) for s in seeds
+             if f"seed{s}" in records and f"noise.seed{s}" in records]
+    if not pairs:
+        return ""
+    rows = ["| difference (exact accuracy, points) | original: mean ± 95% (higher in) | re-run: mean ± 95% (higher in) "
+            "| per seed: original → re-run |", "|---|---|---|---|"]
+    for a, b in [(PPO, SFT), (GOLD, PPO), (SPG, PPO), (UML, PPO), (FRESH, PPO)]:
+        orig = [r for r, _ in pairs]
+        again = [r for _, r in pairs]
+        if not (have(orig, a) and have(orig, b) and have(again, a) and have(again, b)):
+            continue
+        d1 = paired_differences(series(orig, a, "accuracy", 100), series(orig, b, "accuracy", 100))
+        d2 = paired_differences(series(again, a, "accuracy", 100), series(again, b, "accuracy", 100))
+        rows.append(f"| {a} − {b} | {fmt(d1['mean'], d1['ci'], 1, '+')} ({d1['higher']}/{d1['n']}) | "
+                    f"{fmt(d2['mean'], d2['ci'], 1, '+')} ({d2['higher']}/{d2['n']}) | "
+                    + ", ".join(f"{x:+.1f} → {y:+.1f}" for x, y in zip(d1["diffs"], d2["diffs"])) + " |")
+    return "\n".join(rows)
+
+
+def verdict(d: dict) -> str:
+    if math.isnan(d["ci"]):
+        return "one seed"
+    return "above 0" if d["mean"] - d["ci"] > 0 else "below 0" if d["mean"] + d["ci"] < 0 else "includes 0"
+
+
+def findings(runs: list[dict], sweep_points: dict) -> str:
+    lines = []
+    n = len(runs)
+    on_ppo, on_sft = [rm_acc(r, STEP2_RM, PPO) for r in runs], [rm_acc(r, STEP2_RM, SFT) for r in runs]
+    step2 = paired_differences(on_ppo, on_sft)
+    lines.append(f"- The premise: the Step-2 RM is {statistics.fmean(on_sft):.1f}% accurate on SFT's samples and "
+                 f"{statistics.fmean(on_ppo):.1f}% on PPO's (paired difference {fmt(step2['mean'], step2['ci'], 1, '+')}"
+                 f" points, lower in {n - step2['higher']} of {n} seeds).")
+    for a, b in PAIRED:
+        if not (have(runs, a) and have(runs, b)):
+            continue
+        da = paired_differences(series(runs, a, "accuracy", 100), series(runs, b, "accuracy", 100))
+        dw = paired_differences(series(runs, a, "win_rate"), series(runs, b, "win_rate"))
+        lines.append(f"- {a} − {b}: {fmt(da['mean'], da['ci'], 1, '+')} exact accuracy ({verdict(da)}; higher in "
+                     f"{da['higher']} of {n}), {fmt(dw['mean'], dw['ci'], 1, '+')} win-rate ({verdict(dw)}).")
+    for name, pts in sweep_points.items():
+        lines.append(f"- {name} − PPO in exact accuracy against the KL coefficient: "
+                     + ", ".join(f"β {b}: {fmt(m, c, 1, '+')}" for b, m, c in pts) + ".")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def figures(runs: list[dict], sweep_points: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    if sweep_points:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for i, (name, pts) in enumerate(sweep_points.items()):
+            xs = [b * (1 + 0.04 * (i - 1)) for b, _, _ in pts]  # nudged apart so the intervals show
+            ax.errorbar(xs, [m for _, m, _ in pts], yerr=[0 if c != c else c for _, _, c in pts], marker="o", capsize=3,
+                        label=name)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("KL coefficient β (lower: more pressure to over-optimise)")
+        ax.set_ylabel("exact accuracy − PPO's (points)")
+        ax.set_title("Gain over PPO against over-optimisation pressure\n(mean over seeds, 95% interval)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "pressure_sweep.png", dpi=120)
+        plt.close(fig)
+        names.append("pressure_sweep.png")
+    labels = [p for p in policy_labels(train.STAGES) if have(runs, p)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, (key, title, scale) in zip(axes, [("accuracy", "exact accuracy (%)", 100), ("win_rate", "win-rate (%)", 1)]):
+        for i, name in enumerate(labels):
+            vals = series(runs, name, key, scale)
+            ax.scatter([i + random.Random(j).uniform(-0.15, 0.15) for j in range(len(vals))], vals, s=14, alpha=0.7)
+            ax.plot([i - 0.3, i + 0.3], [statistics.median(vals)] * 2, color="black", lw=1.5)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{title}: every seed, median")
+    fig.tight_layout()
+    fig.savefig(out_dir / "main_table.png", dpi=120)
+    plt.close(fig)
+    names.append("main_table.png")
+    rms = [rm for rm in [STEP2_RM, UML_RM, UML0_RM, SPG_RM, FRESH_RM]
+           if all(rm in r["results"].get("rm_accuracy", {}) for r in runs)]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / max(1, len(rms))
+    for k, rm in enumerate(rms):
+        means = [statistics.fmean(rm_acc(r, rm, s) for r in runs) for s in (SFT, PPO)]
+        ax.bar([i + k * width for i in range(2)], means, width, label=rm)
+    ax.axhline(50, color="grey", lw=0.8, ls="--")
+    ax.set_xticks([i + width * (len(rms) - 1) / 2 for i in range(2)], [f"{s} samples" for s in (SFT, PPO)])
+    ax.set_ylabel("pairwise accuracy vs gold (%)")
+    ax.set_title(f"RM accuracy on SFT's and PPO's samples, {len(runs)} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "rm_accuracy.png", dpi=120)
+    plt.close(fig)
+    names.append("rm_accuracy.png")
+    return names
+
+
+# ----------------------------------------------------------------------------- the report
+
+def package_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name).split("+")[0] for name in PACKAGES}
+
+
+def versions_table(versions: dict[str, str]) -> str:
+    return "| package | version |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in versions.items())
+
+
+def read_versions_table(text: str) -> dict[str, str]:
+    """The package table of a RESULTS.md (versions_table's format), for the check against requirements.txt."""
+    out = {}
+    for line in text.split("## Package versions", 1)[-1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] in PACKAGES:
+            out[cells[0]] = cells[1]
+    return out
+
+
+def hardware() -> str:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores "
+            f"({torch.backends.cpu.get_cpu_capability()}), {gpu}; Python {platform.python_version()}")
+
+
+def run_minutes(rec: dict) -> float:
+    return sum(r["seconds"] for r in rec["timings"]) / 60
+
+
+def write(records_dir: Path, names: list[str], args, command: str, results: Path, figures_dir: Path) -> None:
+    records = load(records_dir)
+    missing = [n for n in names if n not in records]
+    if missing:
+        raise SystemExit(f"error: no record of {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} in "
+                         f"{records_dir}: run them first (without --report-only)")
+    seeds = args.seeds
+    runs = [records[f"seed{s}"] for s in seeds]
+    first5 = seeds[:5]
+    sweep_rows, points = sweep(records, first5, args.kl_coefs)
+    pics = figures(runs, points, figures_dir)
+    rel = os.path.relpath(figures_dir, results.parent or ".")
+    sources = [s for s in [SFT, PPO, SPG, FRESH, GOLD] if all(s in r["results"]["policies"] for r in runs)]
+    total = sum(run_minutes(r) for r in records.values() if r["name"] in names)
+    tuning = (ROOT / "TUNING.md").read_text().strip() if (ROOT / "TUNING.md").is_file() else "(no tuning record)"
+    sections = [f"""# Results on the built-in task
+
+Produced by `{command}`, every number computed by scripts/report.py from the runs' records in
+`{os.path.relpath(records_dir, ROOT) if ROOT in Path(records_dir).resolve().parents else records_dir}/` ({len(names)} runs; {total / 60:.1f} hours of stage time in all, two runs at a
+time with one thread each) on: {hardware()}. The main table has {len(seeds)} seeds ({', '.join(map(str, seeds))});
+the sweeps use seeds {', '.join(map(str, first5))}. Seeds 0–9 were never used to choose a setting
+(TUNING.md, at the end). Exact numbers depend on the CPU kind and the pinned versions
+(docs/reproducibility.md); the conclusions rest on the spread over seeds.
+
+## Findings, computed from the numbers below
+
+{findings(runs, points)}
+
+## Main table ({len(seeds)} seeds)
+
+Win-rate against one fixed SFT reference answer per evaluation instruction (gold judge, a tie
+counts half), exact accuracy and mean gold score; mean ± 95% Student-t interval over seeds. "PPO,
+fresh labels" is the control: the RM re-learned on annotator labels of policy samples (as many
+pairs as SPG synthesised) instead of SPG's synthetic ones.
+
+{main_table(runs)}
+
+![every seed]({rel}/{pics[-2]})
+
+{distribution(runs)}
+
+## Paired differences in three metrics
+
+Each method minus another on the same seed, then the mean and 95% Student-t interval of those
+differences, how many seeds are higher, and every seed's difference.
+
+{paired_table(runs)}
+
+## How much of the possible gain each re-learning recovers
+
+{fractions_table(runs)}
+
+## Reward-model accuracy on policy samples (the off-distribution claim)
+
+Pairwise accuracy (%) against the gold judge on pairs of two samples (T = 1) per evaluation
+instruction, from each policy; mean ± 95% interval over seeds.
+
+{rm_table(runs, sources)}
+
+![RM accuracy]({rel}/{pics[-1]})
+"""]
+    if points:
+        sections.append(f"""## RLP against over-optimisation pressure
+
+PPO with each KL coefficient β from the same SFT model and Step-2 RM (β = 0.02 is the default, the
+main runs); RLP-SPG re-learns on that PPO's samples, the fresh-label control on the same samples,
+and PPO on the gold reward gives the ceiling at that β. Differences are paired per seed (exact
+accuracy, and in brackets how many seeds are higher). The last column: (method − PPO) / (PPO on
+gold − PPO), the share of PPO's shortfall each recovers.
+
+{sweep_rows}
+
+![pressure sweep]({rel}/{pics[0]})
+""")
+    rounds = rounds_table([records[f"seed{s}"] for s in first5])
+    if rounds.count("\n") > 1:
+        sections.append(f"""## Iterated RLP-SPG
+
+Round r samples P from round r − 1's RLP-SPG policy (round 1: from PPO's), re-learns the RM from
+the SFT weights on D and that round's synthetic pairs (y_w still picked by the Step-2 RM's score),
+and trains PPO from SFT on it. Paired over seeds {', '.join(map(str, first5))}.
+
+{rounds}
+""")
+    sections.append(f"""## RLP-UML's mechanism
+
+The UML RM at each weight λ of L_M (λ = 0 is the control: the same code and seeds, L_M off, so the
+row shows what re-training alone does). Logged every 10 RM steps: the norm of λ·L_M's gradient on
+the backbone over the Bradley–Terry term's, and their cosine; before and after re-learning, the
+share of the last-token hidden state's variance that lies within an instruction (between its
+samples; over 200 instructions of P). Two settings differ from Federici et al.'s reference code:
+the SKL weight's warm-up (1e-3 → 1) is compressed into one RM run, so β reaches 1 only at the last
+step, and the UML heads learn at 1e-3 (`--uml-lr`) against their 1e-4.
+
+{uml_table(records, first5)}
+""")
+    noise = noise_table(records, first5)
+    if noise:
+        sections.append(f"""## Float-level noise
+
+The same five seeds run again with `--micro-batch 16`: the same data, settings and seeds, only
+the float summation order of every gradient differs (as on another kind of CPU). Which conclusions
+survive is what this table is for.
+
+{noise}
+""")
+    sections.append(f"""## How the settings were chosen
+
+{tuning}
+
+## Package versions
+
+The numbers above were made with these versions (`requirements.txt` pins the same; a test checks
+that they agree):
+
+{versions_table(package_versions())}
+
+## Wall time of each run
+
+Stage time of each run (one thread, two runs at a time on the 2 cores):
+
+| run | minutes |
+|---|---|
+""" + "\n".join(f"| {n} | {run_minutes(records[n]):.0f} |" for n in names) + "\n")
+    results.write_text("\n".join(sections))
+
+
+if __name__ == "__main__":
+    raise SystemExit("run it through scripts/reproduce.py --report-only")
