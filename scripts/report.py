@@ -300,8 +300,8 @@ def uml_table(records: dict, seeds: list[int]) -> str:
 
 
 def noise_table(records: dict, seeds: list[int]) -> str:
-    """Five seeds run twice, the second time with --micro-batch (the same training, another float
-    summation order): per seed and paired over seeds, in exact accuracy."""
+    """Steps 3-5 of five seeds run twice, the second time with --micro-batch (the same training,
+    another float summation order): per seed and paired over seeds, in exact accuracy."""
     pairs = [(records[f"seed{s}"], records[f"noise.seed{s}"]) for s in seeds
              if f"seed{s}" in records and f"noise.seed{s}" in records]
     if not pairs:
@@ -535,9 +535,9 @@ step, and the UML heads learn at 1e-3 (`--uml-lr`) against their 1e-4.
     if noise:
         sections.append(f"""## Float-level noise
 
-The same five seeds run again with `--micro-batch 16`: the same data, settings and seeds, only
-the float summation order of every gradient differs (as on another kind of CPU). Which conclusions
-survive is what this table is for.
+Steps 3 to 5 of the same five seeds run again, from the same SFT model and Step-2 RM, with
+`--micro-batch 16`: the same data, settings and seeds, only the float summation order of every
+gradient differs (as on another kind of CPU). Which conclusions survive is what this table is for.
 
 {noise}
 """)

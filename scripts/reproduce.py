@@ -11,7 +11,7 @@ Runs, all under --runs (default runs/reproduce), each `train.py --seed S` plus f
                        (--rounds adds --rlp-rounds 3 --method spg to seeds 0-4)      iterated RLP
   kl_{B}.seed{S}       Steps 3-5 with --kl-coef B, SPG and the controls only         the pressure sweep
   lambda_{L}.seed{S}   the RLP-UML RM with --uml-lambda L (no PPO on it)             UML's mechanism
-  noise.seed{S}        the whole pipeline with --micro-batch 16                      float-level noise
+  noise.seed{S}        Steps 3-5 again with --micro-batch 16                         float-level noise
   {ablation}.seed{S}   the paper's Tables 4 and 5 and the sensitivity sweeps
 A variant starts as a copy of its seed's finished stages that its flags do not change. A run is
 skipped when its record says it is complete with the same commands; otherwise train.py runs it,
@@ -51,7 +51,7 @@ RECORDS = ROOT / "results" / "runs"
 
 KL_COEFS = [0.0067, 0.05, 0.1]  # the pressure sweep, beside the default 0.02 (the main runs)
 LAMBDAS = [0.1, 1]              # the UML weight, beside the default 0.5 (main runs) and 0 (their control)
-MICRO_BATCH = 16                # the float-noise re-runs: the same training, another summation order
+MICRO_BATCH = 16                # the float-noise re-runs of Steps 3-5: the same training, another summation order
 ROUNDS = 3                      # iterated RLP-SPG
 
 # name: (group, stages copied from the seed's main run, train.py flags)
@@ -97,8 +97,8 @@ def jobs(args) -> list[Job]:
                      [*common, "--uml-lambda", fmt_number(lam), "--method", "uml", "--stage", "eval"]],
                     copy=BEFORE_STEP4, after=main(s)) for s in first5 for lam in args.lambda_values]
     if args.noise:
-        out += [Job(f"noise.seed{s}", "noise", s, [[*common, "--controls", "--micro-batch", str(MICRO_BATCH)]])
-                for s in first5]
+        out += [Job(f"noise.seed{s}", "noise", s, [[*common, "--controls", "--micro-batch", str(MICRO_BATCH)]],
+                    copy=BEFORE_PPO, after=main(s)) for s in first5]
     if args.ablations:
         out += [Job(f"{name}.seed{s}", "ablation", s, [[*common, *flags]], copy=stages, after=main(s))
                 for name, (stages, flags) in ABLATIONS.items() for s in args.seeds[:args.ablation_seeds]]
