@@ -218,6 +218,9 @@ class ScaleConfig:
                                  "alpha to the first r they tried)")
     fsdp: bool = opt(False, "under torchrun, shard every model, its gradients and Adam state over the processes "
                             "with FSDP2 (plumbing/fsdp.py; ours: off = plain data parallelism)")
+    fsdp_shard_size: int = opt(0, "with --fsdp: shard each model over groups of this many processes and replicate "
+                                  "it across the groups (HSDP; on several nodes, the GPUs of one node); 0 = shard "
+                                  "over every process (ours)")
     micro_batch: int = opt(0, "examples per forward pass on one process (SFT demos, RM pairs, PPO rollouts); the "
                               "per-process batch is accumulated in micro-batches of this size; 0 = no accumulation")
     checkpoint_every: int = opt(10, "PPO iterations between resumable checkpoints; 0 = none (ours)")
@@ -229,6 +232,7 @@ SECTIONS = {"run": RunConfig, "model": ModelConfig, "data": DataConfig, "sft": S
 
 # settings that do not change what a run computes (micro-batching changes only float summation order)
 RUN_ONLY = {"stage", "method", "out", "force", "quiet", "micro_batch", "checkpoint_every", "checkpoint_keep",
+            "fsdp_shard_size",
             "tensorboard", "preset", "controls", "rlp_rounds"}  # the last two add stages, changing none
 
 # Batch sizes are global (summed over processes); each must divide by the number of processes.

@@ -146,10 +146,18 @@ def last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> to
     return as_one_forward(model, lambda: _last_token_hidden(model, prompt_ids, prompt_mask, resp_ids, resp_mask))
 
 
+def score_head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The scalar head of a reward or value model, in float32 whatever the backbone computed in:
+    under bf16 (autocast, or FSDP's bf16 policy, where plumbing/fsdp.py makes the head a float32
+    unit of its own) a raw score of a few dozen would be rounded to steps of 0.25."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return model.score(hidden.float()).squeeze(-1)
+
+
 def head_score(model, hidden: torch.Tensor) -> torch.Tensor:
     """Scalar score from a hidden state, with the RM's stored normalisation
     (checklist 7: scores on SFT samples have mean 0, std 1)."""
-    raw = model.score(hidden).squeeze(-1).float()
+    raw = score_head(model, hidden)
     mean = getattr(model.config, "score_mean", 0.0)
     std = getattr(model.config, "score_std", 1.0)
     return (raw - mean) / std
@@ -169,8 +177,7 @@ def token_values(model, prompt_ids, prompt_mask, resp_ids, resp_mask) -> torch.T
 
     def values():  # backbone and head: one forward under --fsdp
         out = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
-        hidden = out.last_hidden_state
-        return model.score(hidden[:, P - 1:P - 1 + R]).squeeze(-1).float()
+        return score_head(model, out.last_hidden_state[:, P - 1:P - 1 + R])
     return as_one_forward(model, values)
 
 
@@ -191,6 +198,21 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
     device = prompt_ids.device
     B = prompt_ids.shape[0]
     finished = getattr(model, "all_ranks_done", all_rows_done)
+    # under --fsdp the whole model is gathered once for the decode, not at every step (plumbing/fsdp.py)
+    with getattr(model, "gathered_for_decoding", contextlib.nullcontext)():
+        tokens, logps = _decode(model, prompt_ids, prompt_mask, max_new_tokens, temperature, eos_id, pad_id,
+                                generator, finished)
+    ids = torch.stack(tokens, 1)
+    mask = response_mask(ids, eos_id)
+    width = int(mask.sum(-1).max())  # under --fsdp, steps after this rank's rows all ended: dropped
+    return ids[:, :width], (torch.stack(logps, 1) * mask)[:, :width], mask[:, :width]
+
+
+def _decode(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
+            generator, finished) -> tuple[list, list]:
+    """`sample`'s loop: the prompt's forward, then one cached forward per new token."""
+    device = prompt_ids.device
+    B = prompt_ids.shape[0]
     attn = prompt_mask.long()
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
@@ -218,7 +240,4 @@ def sample(model, prompt_ids, prompt_mask, max_new_tokens: int, temperature: flo
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1].float()
         next_pos = next_pos + 1
-    ids = torch.stack(tokens, 1)
-    mask = response_mask(ids, eos_id)
-    width = int(mask.sum(-1).max())  # under --fsdp, steps after this rank's rows all ended: dropped
-    return ids[:, :width], (torch.stack(logps, 1) * mask)[:, :width], mask[:, :width]
+    return tokens, logps

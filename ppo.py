@@ -231,27 +231,30 @@ def update(policy, value, optimizer, batch: dict, cfg: PPOConfig, rng: random.Ra
 @torch.no_grad()
 def add_stats(sums: dict, mb: dict, logits, logprobs, new_values, pl, vl, cfg: PPOConfig, first: bool) -> None:
     """Token sums of one micro-batch's statistics, divided by the global token count at the end;
-    `first`: the first minibatch, before any step, where the ratio must be 1."""
+    `first`: the first minibatch, before any step, where the ratio must be 1. The sums stay
+    tensors (float64), so logging makes no host sync per micro-batch."""
     m = mb["mask"]
     log_ratio = (logprobs - mb["logprobs"]) * m
     ratio = log_ratio.exp()
-    tok_sum = lambda x: (x * m).sum().item()  # noqa: E731
-    sums["policy_loss"] += pl.item()
-    sums["value_loss"] += vl.item()
+    tok_sum = lambda x: (x * m).sum().double()  # noqa: E731
+    sums["policy_loss"] += pl.detach().double()
+    sums["value_loss"] += vl.detach().double()
     sums["clip_frac"] += tok_sum(((ratio - 1).abs() > cfg.clip_range).float())
     sums["approx_kl"] += tok_sum(0.5 * log_ratio ** 2)
     sums["entropy"] += tok_sum(lm.entropy(logits.detach(), cfg.temperature))
     sums["value_clip_frac"] += tok_sum(((new_values - mb["values"]).abs() > cfg.clip_range_value).float())
-    sums["tokens"] += m.sum().item()
+    sums["tokens"] += m.sum().double()
     if first:
         sums["first_ratio"] += tok_sum(ratio)
-        sums["first_tokens"] += m.sum().item()
+        sums["first_tokens"] += m.sum().double()
 
 
 def global_stats(sums: dict, minibatches: int) -> dict:
-    """The update's logged statistics over every rank: token means, and the losses' mean over minibatches."""
+    """The update's logged statistics over every rank: token means, and the losses' mean over
+    minibatches (one reduction, one host sync)."""
     keys = STATS + ["tokens", "first_tokens"]
-    total = dict(zip(keys, dist.all_sum([sums[k] for k in keys]).tolist()))
+    local = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).cpu() for k in keys])
+    total = dict(zip(keys, dist.all_sum(local).tolist()))
     stats = {k: total[k] / max(total["tokens"], 1.0) for k in STATS}
     stats["policy_loss"] = total["policy_loss"] / minibatches  # already token means of each minibatch
     stats["value_loss"] = total["value_loss"] / minibatches

@@ -17,17 +17,22 @@ What changes for the rest of the code, and where it is handled:
     forwards: lm.sample keeps decoding until every rank's rows have ended (`all_done`, installed
     on the model as `all_ranks_done`), and scoring loops pad their shard to rank 0's length
     (`lockstep_padding`).
+  * decoding is one forward per new token: lm.sample runs inside `gathered` (installed as
+    `gathered_for_decoding`), which gathers every unit once and keeps it whole until the last
+    token, instead of gathering and freeing the whole model at every step.
   * a function that calls a model's backbone and head separately (lm.last_token_hidden,
     token_values, ...) runs as one forward of the root unit (lm.as_one_forward calls the
     model's `run_as_root_forward`), so the root's parameters are gathered for it.
   * saving: `full_state_dict` gathers the full weights on rank 0 (on the CPU), which writes the
     usual Hugging Face folder; PPO's resumable checkpoints are sharded (plumbing/checkpoint.py).
   * precision: on a GPU, bf16 compute with float32 master weights and float32 gradient reduction
-    (MixedPrecisionPolicy); on the CPU (gloo), float32 throughout. FSDP2's CPU offload needs an
-    accelerator and is not used.
+    (MixedPrecisionPolicy); on the CPU (gloo), float32 throughout. The score head of a reward or
+    value model is a unit of its own that always computes in float32 (lm.score_head). FSDP2's CPU
+    offload needs an accelerator and is not used.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import types
@@ -39,12 +44,21 @@ from plumbing import dist, models
 
 ROOT_METHOD = "run_as_root_forward"  # installed on every sharded model; lm.as_one_forward calls it
 DONE_METHOD = "all_ranks_done"  # installed on every sharded model; lm.sample asks it when to stop
+DECODE_METHOD = "gathered_for_decoding"  # installed on every sharded model; lm.sample decodes inside it
 
 
 @functools.lru_cache(maxsize=None)
-def _mesh(device_type: str):
+def _mesh(device_type: str, shard_size: int = 0):
+    """The processes a model is sharded over: all of them (a 1-D mesh, FSDP), or with shard_size
+    K, groups of K processes that each hold a whole sharded copy, replicated across the groups
+    (a 2-D mesh, HSDP: on several nodes, K = the GPUs of a node keeps every layer's all-gather
+    inside the node, and only the gradient all-reduce crosses the interconnect)."""
     from torch.distributed.device_mesh import init_device_mesh
-    return init_device_mesh(device_type, (dist.world(),))
+    if not shard_size or shard_size >= dist.world():
+        return init_device_mesh(device_type, (dist.world(),))
+    if dist.world() % shard_size:
+        raise SystemExit(f"error: --fsdp-shard-size {shard_size} must divide the number of processes ({dist.world()})")
+    return init_device_mesh(device_type, (dist.world() // shard_size, shard_size), mesh_dim_names=("replicate", "shard"))
 
 
 def check_launch(on: bool) -> None:
@@ -53,20 +67,27 @@ def check_launch(on: bool) -> None:
                          "torchrun --nproc_per_node=N train.py --fsdp (N processes, e.g. one per GPU)")
 
 
-def shard(model, device: torch.device):
-    """Shard `model` in place (one FSDP unit per decoder layer, then the root); returns it. Every
-    rank must hold the same weights first: rank 0's are broadcast, then each rank keeps its slice."""
+def shard(model, device: torch.device, train: bool = False, shard_size: int = 0, bf16: bool | None = None):
+    """Shard `model` in place (one FSDP unit per decoder layer, one for a score head, then the
+    root); returns it. Every rank must hold the same weights first: rank 0's are broadcast, then
+    each rank keeps its slice. train: the root keeps its weights from the forward to the backward
+    (FSDP2's default for a root: one gather fewer per step); a model that only runs forwards
+    gives them back after each one. shard_size: see `_mesh`. bf16: bf16 compute (default: on a
+    GPU)."""
     dist.broadcast_parameters(model)
-    mesh = _mesh(device.type)
-    if device.type == "cuda":  # bf16 compute, float32 master weights and gradient reduction
+    mesh = _mesh(device.type, shard_size)
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    if bf16:  # bf16 compute, float32 master weights and gradient reduction
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
         mp = MixedPrecisionPolicy()  # gloo on the CPU: float32 throughout
     for layer in models.decoder_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
-    # the root too gives its full weights back after each forward (FSDP2 keeps the root's by default,
-    # expecting a backward): frozen and sampling models stay sharded between calls
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
+    if isinstance(getattr(model, "score", None), torch.nn.Module):  # a reward or value model's head: float32 always
+        fully_shard(model.score, mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32,
+                                                                            reduce_dtype=torch.float32))
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=not train)
+    model._root_reshards = not train  # what `gathered` restores
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # a sum over ranks: each rank's loss is its share of the global loss
@@ -74,12 +95,30 @@ def shard(model, device: torch.device):
     setattr(model, ROOT_METHOD, types.MethodType(lambda self, fn: fn(), model))
     register_fsdp_forward_method(model, ROOT_METHOD)
     setattr(model, DONE_METHOD, all_done)
+    setattr(model, DECODE_METHOD, lambda: gathered(model))
     return model
 
 
 def is_sharded(model) -> bool:
     """True for a model `shard` has wrapped (also seen through lora.AdaptersOff)."""
     return getattr(model, ROOT_METHOD, None) is not None
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """The full weights of every unit, gathered at the first forward inside the block and kept
+    until it ends (then each unit gives them back): one all-gather per unit for a whole decode,
+    where each decoding step would otherwise gather and free the whole model again. The memory
+    is the model's unsharded size, for the length of the block."""
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in units:  # as shard() set them: the root as it was, every other unit gives its weights back
+            m.set_reshard_after_forward(model._root_reshards if m is model else True, recurse=False)
+            m.reshard()
 
 
 def all_done(done: torch.Tensor) -> bool:

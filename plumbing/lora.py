@@ -138,12 +138,15 @@ def _adapter_prefixes(state: dict) -> list[str]:
 @torch.no_grad()
 def merged_state_dict(state: dict, settings: dict) -> dict:
     """A plain transformers state dict: W + (alpha / r) B A for every adapted weight, no lora_*
-    keys. `state` is the adapted model's (full, unsharded) state dict; it is not modified."""
+    keys, every merged weight a CPU tensor. `state` is the adapted model's (full, unsharded) state
+    dict; the tensors in it are not modified. The weights are merged one at a time, each on the
+    CPU and stored before the next: a GPU never holds a second copy of the model (a full copy of
+    a 7B model's adapted weights would not fit beside the four models)."""
     scaling = settings["alpha"] / settings["rank"]
     out = {k: v for k, v in state.items() if not k.endswith((".lora_A", ".lora_B"))}
     for prefix in _adapter_prefixes(state):
-        a, b = state[prefix + ".lora_A"], state[prefix + ".lora_B"]
-        w = state[prefix + ".weight"]
+        a, b = state[prefix + ".lora_A"].detach().cpu(), state[prefix + ".lora_B"].detach().cpu()
+        w = state[prefix + ".weight"].detach().cpu()
         out[prefix + ".weight"] = (w.float() + scaling * (b.float() @ a.float())).to(w.dtype)
     return out
 

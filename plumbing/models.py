@@ -200,6 +200,18 @@ def load_pretrained(name: str, device, chat: bool = False) -> tuple[torch.nn.Mod
     return no_dropout(model).to(device).eval(), tokenizer
 
 
+def frozen_to_bf16(model, train: bool):
+    """On a GPU, what no optimizer touches is kept in bf16, the dtype it computes in under
+    autocast: a model that only runs forwards (the reference, the RM), or the frozen backbone of a
+    LoRA model (its adapters and score head stay float32, they train). Half the memory, and no
+    cast of every frozen weight at every forward. A score head stays float32 in any case
+    (lm.score_head)."""
+    for name, p in model.named_parameters():
+        if (not train or not p.requires_grad) and not name.startswith("score."):
+            p.data = p.data.to(torch.bfloat16)
+    return model
+
+
 def gradient_checkpointing(model, on: bool):
     """Recompute activations in the backward pass instead of storing them (--gradient-checkpointing):
     less memory for long sequences at about a third more compute. Only training forwards
@@ -271,6 +283,16 @@ def decoder_layers(model, named: bool = False) -> list:
     if named:
         return [(f"{prefix}.{name}.{i}", layer) for i, layer in enumerate(layers)]
     return list(layers)
+
+
+def without_tied_copies(model, state: dict) -> dict:
+    """A state dict without the keys of weights tied to another weight (the LM head tied to the
+    embeddings): `from_pretrained` ties them again, and a gathered state dict (FSDP) holds the
+    tied weight twice."""
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    if not getattr(model.config, "tie_word_embeddings", False) or not isinstance(tied, dict):
+        return state
+    return {k: v for k, v in state.items() if not (k in tied and tied[k] in state)}
 
 
 def save_pretrained(model, tokenizer, path, state_dict: dict | None = None) -> None:

@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 import config
 from plumbing import data, dist, fsdp, lora, models
 from plumbing import metrics as logs
@@ -151,22 +153,29 @@ class Run:
         scale = self.cfg.scale
         if train and scale.lora_rank:
             lora.add_adapters(model, scale.lora_rank, scale.lora_alpha, trainable_head=head)
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported() and (not train or scale.lora_rank):
+            models.frozen_to_bf16(model, train)  # what never trains, in the dtype it computes in
         models.gradient_checkpointing(model, train and scale.gradient_checkpointing)
-        return fsdp.shard(model, self.device) if scale.fsdp else model
+        return fsdp.shard(model, self.device, train, scale.fsdp_shard_size) if scale.fsdp else model
 
     # ---- writing: rank 0 only (every rank holds the same weights and gathered data)
     def save_model(self, model, tokenizer, path) -> None:
-        """A plain Hugging Face folder: under --fsdp the full weights gathered on rank 0 (every rank
-        takes part), with LoRA the adapters merged in, and saved on their own beside them."""
+        """A plain Hugging Face folder, written by rank 0: under --fsdp the full weights gathered on
+        rank 0's CPU (every rank takes part), with LoRA the adapters merged in on the CPU (rank 0
+        only) and saved on their own beside them. A weight tied to another (a tied LM head) is
+        written once."""
         state = fsdp.full_state_dict(model) if fsdp.is_sharded(model) else None
+        if not self.main:
+            return
         if lora.has_adapters(model):
             state = model.state_dict() if state is None else state
             adapters = lora.adapter_state_dict(state, lora.trainable_names(model))
             state = lora.merged_state_dict(state, model.lora_settings)
-        if self.main:
-            models.save_pretrained(model, tokenizer, path, state)
-            if lora.has_adapters(model):
-                lora.save_adapters(adapters, model.lora_settings, path)
+        if state is not None:
+            state = models.without_tied_copies(model, state)
+        models.save_pretrained(model, tokenizer, path, state)
+        if lora.has_adapters(model):
+            lora.save_adapters(adapters, model.lora_settings, path)
 
     def write_records(self, path, rows, where: bool = False) -> None:
         if self.main:
@@ -182,7 +191,6 @@ class Run:
 
 
 def seed_everything(seed: int) -> None:
-    import torch
     random.seed(seed)
     torch.manual_seed(seed)
 

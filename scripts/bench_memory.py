@@ -68,32 +68,85 @@ def parameter_counts(config, lora_rank: int) -> dict:
 
 
 def planned_bytes(config, gpus: int, fsdp: bool, lora_rank: int) -> dict:
-    """Bytes per GPU: weights (4 B / parameter) of the models a process holds, and 4 B of gradient
-    + 8 B of Adam state per trained parameter (policy and value model)."""
+    """The persistent bytes per GPU, as this code keeps them on a GPU: float32 weights (4 B /
+    parameter) for what trains, bf16 (2 B) for what is frozen (the reference, the RM, a LoRA
+    backbone; their score heads stay float32, small), and 4 B of gradient + 8 B of Adam state per
+    trained parameter (policy and value model). --fsdp divides all of it by the number of GPUs."""
     counts = parameter_counts(config, lora_rank)
     (p_all, p_train), (s_all, s_train) = counts["policy"], counts["scorer"]
-    ref = 0 if lora_rank else p_all  # LoRA: the reference is the policy with adapters off
-    weights = 4 * (p_all + ref + 2 * s_all)  # policy, reference, RM, value
+    if lora_rank:  # the reference is the policy with adapters off: one frozen backbone, adapters in float32
+        weights = 2 * (p_all - p_train) + 4 * p_train + 2 * s_all + 2 * (s_all - s_train) + 4 * s_train
+    else:  # trained policy and value model in float32, frozen reference and RM in bf16
+        weights = 4 * p_all + 2 * p_all + 2 * s_all + 4 * s_all
     trained = p_train + s_train  # policy and value model (the RM is frozen in PPO)
     share = gpus if fsdp else 1
     return {"weights": weights / share, "gradients": 4 * trained / share, "adam": 8 * trained / share,
             "trained_params": trained}
 
 
+# AlpacaFarm's PPO shapes, per GPU on 8 GPUs: 512 rollouts (64 per GPU), minibatches of 256 (32 per
+# GPU) run in micro-batches of 4, prompts of 192 and responses of 300 tokens
+SHAPE = {"rollouts_per_gpu": 64, "micro_batch": 4, "prompt": 192, "response": 300}
+
+
+def activation_bytes_per_token(config, checkpointing: bool) -> float:
+    """bf16 activations a decoder layer keeps for its backward pass, per token. Without
+    recomputation: the inputs of both norms and their float32 copies (Llama normalises in
+    float32), q, k, v, the attention output, and the MLP's input, gate, up, activation and
+    product: 2 x (8 h + 4 f) + 2 x 4 x 2 h bytes = 32 h + 8 f (attention by a fused kernel keeps
+    no sequence-squared matrix). With --gradient-checkpointing only each layer's input (2 h) is
+    kept; the layer being recomputed adds its own 32 h + 8 f once, not per layer."""
+    h, f = config.hidden_size, config.intermediate_size
+    return 2 * h if checkpointing else 32 * h + 8 * f
+
+
+def memory_plan(config, gpus: int, fsdp: bool, lora_rank: int, checkpointing: bool, shape=SHAPE) -> dict:
+    """Bytes per GPU of one PPO iteration at its two peaks. Rollout: the persistent bytes, plus
+    under --fsdp the policy gathered whole in bf16 for the decode (plumbing/fsdp.gathered), plus
+    the KV cache of the rollouts being sampled. Update: the persistent bytes, plus the
+    activations of the policy and the value model (both graphs are alive until the backward),
+    plus the policy's logits (bf16 over prompt + response, a float32 copy and the log-softmax
+    over the response), plus under --fsdp two decoder layers gathered in bf16."""
+    base = planned_bytes(config, gpus, fsdp, lora_rank)
+    persistent = base["weights"] + base["gradients"] + base["adam"]
+    (p_all, _), _ = parameter_counts(config, lora_rank).values()
+    L, h, V = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    kv_dim = (config.num_key_value_heads or config.num_attention_heads) * (h // config.num_attention_heads)
+    tokens = shape["prompt"] + shape["response"]
+    sampling_copy = 2 * p_all if fsdp else 0
+    kv_cache = shape["rollouts_per_gpu"] * tokens * L * 2 * kv_dim * 2
+    micro_tokens = shape["micro_batch"] * tokens
+    per_layer = activation_bytes_per_token(config, checkpointing) * micro_tokens
+    recompute = (activation_bytes_per_token(config, False) * micro_tokens) if checkpointing else 0
+    activations = 2 * (L * per_layer + recompute)  # policy and value model
+    logits = shape["micro_batch"] * V * (2 * tokens + 8 * shape["response"])
+    layer_params = 4 * h * h + 3 * h * config.intermediate_size
+    gathered = 2 * 2 * layer_params if fsdp else 0
+    rollout = persistent + sampling_copy + kv_cache
+    update = persistent + activations + logits + gathered
+    return {**base, "persistent": persistent, "sampling_copy": sampling_copy, "kv_cache": kv_cache,
+            "activations": activations, "logits": logits, "gathered_layers": gathered, "rollout_peak": rollout,
+            "update_peak": update, "peak": max(rollout, update)}
+
+
 def planned_table(gpus: int = 8, lora_rank: int = 16) -> str:
     config = llama_7b_config()
-    lines = [f"| mode (Llama-7B, {gpus} GPUs) | weights | gradients | Adam state | total per GPU | fits 8x80 GB | "
-             f"fits 8x40 GB |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| mode (Llama-7B, {gpus} GPUs) | gradient checkpointing | weights + grads + Adam | sampling copy | "
+             f"KV cache | activations | logits | peak per GPU | fits 8x80 GB | fits 8x40 GB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, fsdp, rank in modes(lora_rank):
-        b = planned_bytes(config, gpus, fsdp, rank)
-        total = b["weights"] + b["gradients"] + b["adam"]
-        lines.append(f"| {name} | {b['weights'] / GB:.1f} GiB | {b['gradients'] / GB:.2f} GiB | "
-                     f"{b['adam'] / GB:.2f} GiB | **{total / GB:.1f} GiB** | {fits(total, 80)} | {fits(total, 40)} |")
+        for ckpt in (False, True):
+            b = memory_plan(config, gpus, fsdp, rank, ckpt)
+            lines.append(f"| {name} | {'yes' if ckpt else 'no'} | {b['persistent'] / GB:.1f} GiB | "
+                         f"{b['sampling_copy'] / GB:.1f} GiB | {b['kv_cache'] / GB:.1f} GiB | "
+                         f"{b['activations'] / GB:.1f} GiB | {b['logits'] / GB:.1f} GiB | **{b['peak'] / GB:.1f} GiB** | "
+                         f"{fits(b['peak'], 80)} | {fits(b['peak'], 40)} |")
     return "\n".join(lines)
 
 
 def fits(total: float, gpu_gb: int) -> str:
-    """Left for activations, the KV cache and the bf16 layer being computed, out of the GPU."""
+    """Left on the GPU for what the plan leaves out: the CUDA context and allocator slack (a few GiB),
+    the reference's, RM's and value model's forwards during the rollout (transient)."""
     left = gpu_gb * GB - total
     return f"no ({-left / GB:.0f} GiB over)" if left < 0 else f"yes ({left / GB:.0f} GiB left)"
 

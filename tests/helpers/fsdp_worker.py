@@ -1,5 +1,6 @@
 """A worker for tests/scale/test_fsdp.py: `python tests/helpers/fsdp_worker.py OUT plain|fsdp LORA_RANK`, with one
-process or under torchrun. Trains a tiny Llama for two SFT steps, two RM steps (with a held-out
+process or under torchrun (plain, fsdp, or hsdp: FSDP on a 2-D mesh, replicated across groups of
+one process). Trains a tiny Llama for two SFT steps, two RM steps (with a held-out
 accuracy and scores over an odd number of items, so the ranks' shards differ in length) and one
 PPO iteration, sharded with FSDP2 (`fsdp`) or not (`plain`), with LoRA adapters of that rank (0 =
 none). Rank 0 saves, under OUT:
@@ -35,12 +36,12 @@ from plumbing import sampling
 def main(out: Path, mode: str, rank: int) -> None:
     device = dist.init()
     torch.set_num_threads(1)
-    sharded = mode == "fsdp"
+    sharded = mode in ("fsdp", "hsdp")  # hsdp: a 2-D mesh, each process a whole shard group, replicated
 
     def prepare(model, train: bool, head: bool = False):
         if train and rank:
             lora.add_adapters(model, rank, 2.0 * rank, trainable_head=head)
-        return fsdp.shard(model, device) if sharded else model
+        return fsdp.shard(model, device, train, shard_size=1 if mode == "hsdp" else 0) if sharded else model
 
     def full(model) -> dict:
         return fsdp.full_state_dict(model) if sharded else {k: v.clone() for k, v in model.state_dict().items()}
@@ -127,10 +128,23 @@ def main(out: Path, mode: str, rank: int) -> None:
     with torch.no_grad():
         first = plain(input_ids=p_ids, attention_mask=p_mask).logits[0, -1].argmax().item()
     eos = first if dist.rank() == 0 else len(tok) + 1
+    gathers = []  # (elements) of every all-gather FSDP makes while this rank samples
+    if sharded:
+        from torch.distributed.fsdp._fully_shard import _fsdp_collectives as collectives
+        real = collectives.DefaultAllGather.__call__
+
+        def counted(self, output, *args, **kwargs):
+            gathers.append(output.numel() * output.element_size())
+            return real(self, output, *args, **kwargs)
+        collectives.DefaultAllGather.__call__ = counted
     got = lm.sample(sharded_policy, p_ids, p_mask, 6, 0.0, eos, tok.pad_token_id)
+    if sharded:
+        collectives.DefaultAllGather.__call__ = real
     want = lm.sample(plain, p_ids, p_mask, 6, 0.0, eos, tok.pad_token_id)
     local = sum((p.to_local() if sharded else p).numel() for p in sharded_policy.parameters())
-    torch.save({"got": got, "want": want, "local_numel": local,
+    units = sum(isinstance(m, fsdp.FSDPModule) for m in sharded_policy.modules())
+    torch.save({"got": got, "want": want, "local_numel": local, "gathers": gathers, "units": units,
+                "model_bytes": sum(p.numel() * p.element_size() for p in plain.parameters()),
                 "numel": sum(p.numel() for p in sharded_policy.parameters())}, out / f"sampler_{dist.rank()}.pt")
     dist.close()
 

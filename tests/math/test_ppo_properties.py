@@ -314,3 +314,32 @@ def test_no_eos_penalty_replaces_the_score_of_responses_that_never_end(tok, poli
         torch.testing.assert_close(batch["returns"], want[:, None].expand_as(batch["mask"]) * batch["mask"],
                                    atol=1e-4, rtol=1e-5)
     assert 0 < seen[True]["has_eos"].sum() < len(TEXTS)  # both kinds of response occur
+
+
+def test_scores_and_values_are_float32_under_bf16_autocast(policy):
+    """Under bf16 autocast (a GPU's, here the CPU's), the backbone's matrix products run in bf16 but
+    the score head in float32 (lm.score_head): a raw score of a few dozen is not rounded to bf16's
+    steps (1/16 at 8, 0.25 at 32). The scores equal the float32 head applied to the backbone's own
+    hidden states; a head under autocast would not."""
+    rm = scorer_from(policy, seed=3)
+    torch.nn.init.normal_(rm.score.weight, std=5.0)  # raw scores of a few dozen
+    tok = models.build_char_tokenizer()
+    p_ids, p_mask = lm.left_pad(prompt_ids(tok), tok.pad_token_id)
+    r_ids, r_mask = lm.right_pad([[5, 6, 1], [7, 1], [8, 9, 10, 1], [11, 1]], tok.pad_token_id)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = lm.last_token_hidden(rm, p_ids, p_mask, r_ids, r_mask)
+        scores = lm.sequence_scores(rm, p_ids, p_mask, r_ids, r_mask)
+        values = lm.token_values(rm, p_ids, p_mask, r_ids, r_mask)
+        states = lm.backbone(rm)(input_ids=lm.join(p_ids, p_mask, r_ids, r_mask)[0],
+                                 attention_mask=lm.join(p_ids, p_mask, r_ids, r_mask)[1],
+                                 position_ids=lm.join(p_ids, p_mask, r_ids, r_mask)[2]).last_hidden_state
+    assert scores.dtype == values.dtype == torch.float32
+    want = hidden.float() @ rm.score.weight.float().T
+    assert want.abs().max() > 8  # large enough for bf16's rounding to show (its steps are 1/16 at 8)
+    torch.testing.assert_close(scores, want.squeeze(-1), atol=1e-4, rtol=1e-5)
+    P = p_ids.shape[1]
+    torch.testing.assert_close(values, (states[:, P - 1:P - 1 + r_ids.shape[1]].float() @ rm.score.weight.float().T)
+                               .squeeze(-1), atol=1e-4, rtol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = rm.score(hidden).float().squeeze(-1)  # the head as autocast runs it
+    assert (bf16 - want.squeeze(-1)).abs().max() > 1e-3  # what a bf16 head would have given

@@ -28,7 +28,7 @@ def launch(out: Path, nproc: int, mode: str, lora_rank: int = 0) -> Path:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fsdp")
     return {"1": launch(base / "one", 1, "plain"), "2": launch(base / "two", 2, "plain"),
-            "2 fsdp": launch(base / "two_fsdp", 2, "fsdp"), "1 lora": launch(base / "one_lora", 1, "plain", 4),
+            "2 fsdp": launch(base / "two_fsdp", 2, "fsdp"), "2 hsdp": launch(base / "two_hsdp", 2, "hsdp"), "1 lora": launch(base / "one_lora", 1, "plain", 4),
             "2 fsdp lora": launch(base / "two_fsdp_lora", 2, "fsdp", 4)}
 
 
@@ -41,13 +41,15 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_fsdp_trains_exactly_as_plain_data_parallelism(runs):
-    """Two SFT steps, two RM steps and one PPO iteration: sharded and plain 2-process training
-    agree (they sum the same two per-rank gradients; 0 difference seen)."""
+@pytest.mark.parametrize("mode", ["2 fsdp", "2 hsdp"])
+def test_fsdp_trains_exactly_as_plain_data_parallelism(runs, mode):
+    """Two SFT steps, two RM steps and one PPO iteration: sharded (FSDP, or HSDP: a 2-D mesh
+    replicating whole shard groups) and plain 2-process training agree (they sum the same two
+    per-rank gradients; 0 difference seen)."""
     for name, parts in [("sft.pt", ["state"]), ("rm.pt", ["state"]), ("ppo.pt", ["policy", "value"])]:
         for part in parts:
-            assert max_diff(load(runs["2 fsdp"], name)[part], load(runs["2"], name)[part]) < 1e-6, (name, part)
-    plain, sharded = load(runs["2"], "ppo.pt")["row"], load(runs["2 fsdp"], "ppo.pt")["row"]
+            assert max_diff(load(runs[mode], name)[part], load(runs["2"], name)[part]) < 1e-6, (name, part)
+    plain, sharded = load(runs["2"], "ppo.pt")["row"], load(runs[mode], "ppo.pt")["row"]
     for key in ["score", "kl", "policy_loss", "value_loss", "approx_kl", "entropy"]:
         assert sharded[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-7), key
 
@@ -112,6 +114,15 @@ def test_sampler_runs_every_rank_to_the_same_step(runs):
         assert s["local_numel"] < 0.6 * s["numel"]  # each rank holds about half of every parameter
 
 
+def test_sampling_gathers_the_model_once(runs):
+    """A decode of up to 6 tokens makes one all-gather per FSDP unit (each decoder layer and the
+    root), moving the model's size once, not once per token (gathered_for_decoding)."""
+    for rank in (0, 1):
+        s = load(runs["2 fsdp"], f"sampler_{rank}.pt")
+        assert s["units"] == 3 and len(s["gathers"]) == s["units"]  # 2 layers and the root
+        assert s["model_bytes"] <= sum(s["gathers"]) <= 1.05 * s["model_bytes"]  # the full model once (+ padding)
+
+
 # ----------------------------------------------------------------------------- the pipeline
 
 def test_fsdp_without_torchrun_is_one_clear_error(tmp_path):
@@ -145,6 +156,8 @@ def test_fsdp_lora_pipeline_writes_plain_hf_folders(fsdp_run):
     for path in SCORER_DIRS:
         AutoModelForSequenceClassification.from_pretrained(fsdp_run / path, num_labels=1)
         assert (fsdp_run / path / "lora_adapters.json").is_file()
+    from safetensors.torch import load_file
+    assert "lm_head.weight" not in load_file(fsdp_run / "sft" / "model.safetensors")  # the tied head, once
 
 
 def test_fsdp_run_killed_during_ppo_resumes_from_its_sharded_checkpoint(fsdp_run, tmp_path):

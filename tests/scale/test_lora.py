@@ -190,6 +190,43 @@ def test_saved_models_are_merged_hf_folders(setup, tmp_path):
                                    rtol=1e-5)
 
 
+def test_only_rank_0_merges_and_on_the_cpu(setup, tmp_path, monkeypatch):
+    """Saving a LoRA model: the other ranks merge nothing and write nothing; rank 0 merges each
+    adapted weight on the CPU (a GPU run would otherwise hold a second copy of the model)."""
+    path, tok, demos, prompts, responses = setup
+    model = adapted_policy(path)
+    train_a_little(model, tok, prompts, responses)
+    run = runs.Run(config.make(out=str(tmp_path)), torch.device("cpu"))
+    run.main = False  # as on rank 1
+    calls = []
+    real = lora.merged_state_dict
+    monkeypatch.setattr(lora, "merged_state_dict", lambda *a: calls.append(a) or real(*a))
+    run.save_model(model, tok, tmp_path / "other")
+    assert not calls and not (tmp_path / "other").exists()
+    run.main = True
+    run.save_model(model, tok, tmp_path / "main")
+    assert len(calls) == 1
+    merged = real(*calls[0])
+    assert all(v.device.type == "cpu" for v in merged.values())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real(model.state_dict(), model.lora_settings)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model's weights untouched
+
+
 def test_lora_flags_are_checked():
     with pytest.raises(SystemExit, match="--lora-rank"):
         config.make(lora_rank=-1)
+
+
+def test_frozen_weights_are_kept_in_bf16_on_a_gpu(setup):
+    """models.frozen_to_bf16 (applied on a GPU): a model that only runs forwards goes to bf16 but its
+    score head; a LoRA model keeps its adapters and score head in float32, its backbone in bf16."""
+    path = setup[0]
+    rm = models.frozen_to_bf16(models.load_scorer(path, "cpu"), train=False)
+    assert {p.dtype for n, p in rm.named_parameters() if not n.startswith("score.")} == {torch.bfloat16}
+    assert rm.score.weight.dtype == torch.float32
+    value = lora.add_adapters(models.load_scorer(path, "cpu"), RANK, 8.0, trainable_head=True)
+    models.frozen_to_bf16(value, train=True)
+    for name, p in value.named_parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), name
+    assert any(p.requires_grad for p in value.parameters()) and value.score.weight.requires_grad

@@ -159,8 +159,8 @@ def test_the_ppo_checklist_names_what_exists():
 PPO_ROUTE = {"ppo.py": ["train_ppo", "Loop", "start_loop", "rollout", "reward_scores", "kl_penalized_rewards",
                         "masked_whiten", "global_masked_mean", "masked_mean", "gae", "update", "policy_loss",
                         "value_loss", "token_mean", "KLController"],
-             "lm.py": ["sample", "all_rows_done", "left_pad", "join", "response_mask", "response_logits",
-                       "token_logprobs", "sequence_scores", "head_score", "_last_token_hidden", "token_values",
+             "lm.py": ["sample", "_decode", "all_rows_done", "left_pad", "join", "response_mask", "response_logits",
+                       "token_logprobs", "sequence_scores", "head_score", "score_head", "_last_token_hidden", "token_values",
                        "backbone", "as_one_forward", "autocast"]}
 # what a reader follows through Step 4 (both variants, and the recipe around them)
 STEP4_ROUTE = {"rlp.py": ["build_policy_samples", "new_rm", "uml_loss_fn", "relearn_uml", "synthetic_preferences",
