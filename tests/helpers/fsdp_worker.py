@@ -13,6 +13,7 @@ none). Rank 0 saves, under OUT:
                             rank 1's never end, from the sharded model and from an unsharded copy;
                             the number of parameter elements this rank holds
 """
+import copy
 import sys
 from pathlib import Path
 
@@ -96,6 +97,27 @@ def main(out: Path, mode: str, rank: int) -> None:
     if dist.is_main():
         torch.save({"state": state, "grad": rm_grad, "accuracy": acc, "scores": scores, "margins": margins},
                    out / "rm.pt")
+
+    # scores and values under FSDP's bf16 policy and bf16 autocast (the GPU's setting, here on the CPU):
+    # the backbone computes in bf16, the score head in float32 (its own float32 unit)
+    if sharded:
+        torch.manual_seed(1)
+        plain_rm = models.load_scorer(model_dir, device)
+        torch.nn.init.normal_(plain_rm.score.weight, std=2.0)  # raw scores of a few units to a few dozen
+        head = plain_rm.score.weight.detach().clone()
+        bf16_rm = fsdp.shard(copy.deepcopy(plain_rm), device, shard_size=1 if mode == "hsdp" else 0, bf16=True)
+        p_ids, p_mask = lm.left_pad(prompts[:4], tok.pad_token_id, device)
+        r_ids, r_mask = lm.right_pad(responses[:4], tok.pad_token_id, device)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = lm.last_token_hidden(bf16_rm, p_ids, p_mask, r_ids, r_mask)
+            got = lm.sequence_scores(bf16_rm, p_ids, p_mask, r_ids, r_mask)
+            values = lm.token_values(bf16_rm, p_ids, p_mask, r_ids, r_mask)
+        with torch.no_grad():
+            fp32 = lm.sequence_scores(plain_rm, p_ids, p_mask, r_ids, r_mask)
+        if dist.is_main():
+            torch.save({"scores": got, "hidden_head": (hidden.float() @ head.T).squeeze(-1), "fp32": fp32,
+                        "values": values, "score_dtype": bf16_rm.score.weight.dtype,
+                        "layer_dtype": next(models.decoder_layers(bf16_rm)[0].parameters()).dtype}, out / "bf16.pt")
 
     # one PPO iteration from the first checkpoint
     torch.manual_seed(2)

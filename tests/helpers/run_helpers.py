@@ -8,20 +8,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
 import train  # noqa: E402
-
-TINY = ["--preset", "tiny", "--quiet"]
-ITERATIONS = 6  # PPO iterations of the tiny preset (config.PRESETS)
 from extras.evaluate import policy_labels  # noqa: E402
 
-STAGE_DIRS = [s.folder for s in train.STAGES]
-PPO_DIRS = [s.folder for s in train.STAGES if s.ppo]
+TINY = ["--preset", "tiny", "--quiet"]
+ITERATIONS = config.PRESETS["tiny"]["ppo_iterations"]
+DEFAULT = train.plan(config.make(preset="tiny"))  # the stages `python train.py` runs (no controls, one round)
+STAGE_DIRS = [s.folder for s in DEFAULT]
+PPO_DIRS = [s.folder for s in DEFAULT if s.ppo]
 BEFORE_PPO = STAGE_DIRS[:STAGE_DIRS.index(PPO_DIRS[0])]  # what a PPO stage reads
-POLICIES = policy_labels(train.STAGES)  # every policy eval reports, in table order
-GOLD_POLICY = next(s.policy for s in train.STAGES if s.builtin_only)
-RMS = [s.rm for s in train.STAGES if s.rm]
-POLICY_DIRS = [s.policy_dir for s in train.STAGES if s.policy]
-SCORER_DIRS = [s.folder for s in train.STAGES if s.rm] + [f"{d}/value" for d in PPO_DIRS]
+POLICIES = policy_labels(DEFAULT)  # every policy eval reports, in table order
+GOLD_POLICY = next(s.policy for s in DEFAULT if s.builtin_only)
+RMS = [s.rm for s in DEFAULT if s.rm]
+POLICY_DIRS = [s.policy_dir for s in DEFAULT if s.policy]
+SCORER_DIRS = [s.folder for s in DEFAULT if s.rm] + [f"{d}/value" for d in PPO_DIRS]
 
 
 def train_run(out, *args, check=True):

@@ -113,3 +113,26 @@ def test_reward_labels_pick_the_higher_scored_sample():
     pairs, stats = ablations.baseline_preferences(None, "reward", scores, None, samples, seed=0)
     assert stats["pairs"] == 5 and stats["labels"] == "reward"
     assert all(score[p["output_1"]] > score[p["output_2"]] for p in pairs)
+
+
+def test_rlaif_labels_come_from_the_policy_judging_both_orders(tmp_path, monkeypatch):
+    """The RLAIF baseline (Table 5): the Step-3 policy judges two samples of each instruction
+    (extras/judge.py, asked in both orders); its verdicts orient the pairs, ties drop them."""
+    from types import SimpleNamespace
+
+    from extras import judge
+    samples = [{"instruction": "Add", "input": str(k), "outputs": ["1", "22", "333"]} for k in range(6)]
+    seen = []
+
+    def fake_judge(policy, tok, recs, first, second, batch):
+        seen.append(policy)
+        return [1 if len(a) > len(b) else 2 if len(b) > len(a) else 0 for a, b in zip(first, second)]
+    monkeypatch.setattr(judge, "judge_pairs", fake_judge)
+    from plumbing import models as plumbing_models
+    monkeypatch.setattr(plumbing_models, "load_policy", lambda path, device: ("policy at", str(path)))
+    run = SimpleNamespace(require=lambda stage: tmp_path / stage, device="cpu",
+                          cfg=SimpleNamespace(model=SimpleNamespace(gen_batch=8)))
+    pairs, stats = ablations.baseline_preferences(run, "rlaif", [[0.0] * 3] * 6, None, samples, seed=0)
+    assert seen and seen[0] == ("policy at", str(tmp_path / "ppo" / "policy"))  # the Step-3 policy judges
+    assert stats["labels"] == "rlaif" and stats["pairs"] == len(pairs) == 6
+    assert all(len(p["output_1"]) > len(p["output_2"]) for p in pairs)  # the longer one won both orders

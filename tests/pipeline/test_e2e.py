@@ -329,24 +329,18 @@ def test_two_process_run_killed_during_ppo_resumes_with_two(run_dir2, tmp_path):
     assert "iteration 2 of 6" in proc.stdout
 
 
-def test_ablation_options_run_every_stage(tmp_path):
-    """The Table 4 / Table 5 ablation options, through the whole pipeline."""
-    train(tmp_path, "--uml-loss", "infomax", "--synthetic-labels", "rlaif")
-    check_complete(tmp_path)
-    assert json.loads((tmp_path / "rlp_reward_uml" / "uml_heads.json").read_text())["kind"] == "infomax"
-    rows = [json.loads(line) for line in (tmp_path / "rlp_reward_spg" / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("labels") == "rlaif" and "no_preference" in r for r in rows)
-
-
-def test_controls_and_a_second_round(tmp_path):
-    """--controls adds the fresh-label RM (as many pairs as SPG made, from P, labelled by the
-    annotator) and its PPO; --rlp-rounds 2 samples round 2's P from round 1's RLP policy. Run again,
-    the command finds everything complete."""
+def test_ablations_controls_and_a_second_round(tmp_path):
+    """One pipeline with a Table 4 ablation (--uml-loss infomax), Select-All (--spg-gamma 0), the
+    controls and a second round. --controls adds the fresh-label RM (as many pairs as SPG made,
+    from P, labelled by the annotator) and its PPO, and UML's RM with lambda 0; --rlp-rounds 2
+    samples round 2's P from round 1's RLP policy. Run again, the command finds everything complete."""
     import config
     import rlp
     from plumbing import data, models
-    args = ["--method", "spg", "--spg-gamma", "0", "--controls", "--rlp-rounds", "2"]
+    args = ["--uml-loss", "infomax", "--spg-gamma", "0", "--controls", "--rlp-rounds", "2"]
     train(tmp_path, *args)
+    assert json.loads((tmp_path / "rlp_reward_uml" / "uml_heads.json").read_text())["kind"] == "infomax"
+    assert (tmp_path / "rlp_reward_uml0" / "DONE").is_file() and (tmp_path / "rlp_ppo_uml_r2" / "DONE").is_file()
     synthetic = data.read_records(tmp_path / "rlp_reward_spg" / "synthetic_prefs.jsonl", data.PREFERENCE)
     fresh = data.read_records(tmp_path / "rlp_reward_fresh" / "fresh_prefs.jsonl", data.PREFERENCE)
     assert len(fresh) == len(synthetic) > 0
@@ -354,7 +348,7 @@ def test_controls_and_a_second_round(tmp_path):
                                                                                   data.SAMPLES)}
     assert all({r["output_1"], r["output_2"]} <= set(P[r["instruction"], r["input"]]) for r in fresh)
     # round 2's P is what round 1's RLP-SPG policy samples with round 2's seed
-    cfg = config.make(preset="tiny", seed=0)
+    cfg = config.make(preset="tiny", seed=0, spg_gamma=0.0)
     tok = models.load_tokenizer(tmp_path / "sft")
     recs = data.read_records(tmp_path / "data" / "unlabeled.jsonl", data.INSTRUCTION)
     prompts = models.encode_prompts(tok, recs, "compact", cfg.model.max_prompt_len)

@@ -83,7 +83,7 @@ def data_args(paths: dict) -> list[str]:
             "--unlabeled-data", str(paths["unlabeled"]), "--eval-data", str(paths["eval"])]
 
 
-STAGE_DIRS = [s.folder for s in pipeline.STAGES if not s.builtin_only]  # no gold judge for your own data
+STAGE_DIRS = [s.folder for s in pipeline.STAGES if not (s.builtin_only or s.control or s.round > 1)]  # no gold judge
 
 
 def check_run(out: Path, style: str, judge: str, reference: str):

@@ -74,7 +74,7 @@ def hand_run(tmp_path):
 
 def test_ppo_logs_take_every_stage_there_is(hand_run):
     logs = plot.ppo_logs(hand_run, train.STAGES)
-    ppo, gold, uml, _ = [s.policy for s in train.STAGES if s.ppo]
+    ppo, gold, uml = [s.policy for s in train.STAGES if s.ppo][:3]
     assert list(logs) == [ppo, gold, f"{uml} (running)"]  # pipeline order, no RLP-SPG
     assert [r["iteration"] for r in logs["PPO"]] == list(range(7))  # the summary row left out
     assert [r["iteration"] for r in logs["RLP-UML (running)"]] == [0, 1, 2]

@@ -76,7 +76,7 @@ def test_noise_table_compares_the_same_seeds(tmp_path):
 def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--sweep",
-           "--kl-coefs", "0.05", "--rounds", "--lambdas", "--lambda-values", "1", "--runs", str(runs),
+           "--kl-coefs", "0.05", "--rounds", "--runs", str(runs),
            "--results", str(results), "--figures", str(tmp_path / "figures")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -86,16 +86,16 @@ def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
                     "Package versions"]:
         assert heading in text, heading
     for row in [f"| {report.FRESH} |", f"| {report.SPG} − {report.PPO} | exact accuracy (points) |",
-                f"| {report.FRESH_RM} |", f"| {report.UML0_RM} |", "| 0.05 | 2 |", "| 1.0 | 2 |", "| 3 |"]:
+                f"| {report.FRESH_RM} |", f"| {report.UML0_RM} |", "| 0.05 | 2 |", "| 0.0 | 2 |", "| 3 |"]:
         assert row in text, row
     assert report.read_versions_table(text) == report.package_versions()
     records = report.load(runs / "records")
-    assert set(records) == {"seed0", "seed1", "kl_0.05.seed0", "kl_0.05.seed1", "lambda_1.seed0", "lambda_1.seed1"}
+    assert set(records) == {"seed0", "seed1", "kl_0.05.seed0", "kl_0.05.seed1"}
     rounds = [c for c in records["seed0"]["commands"] if "--rlp-rounds" in c]
     assert rounds and "RLP-SPG, round 3" in records["seed0"]["results"]["policies"]  # the rounds joined the main run
     assert all("samples" not in row for rows in records["seed0"]["metrics"]["ppo"] for row in [rows])
-    lam = records["lambda_1.seed0"]["metrics"]["rlp_reward_uml"]
-    assert any("extra_grad_norm" in r for r in lam) and any("hidden_within_share_after" in r for r in lam)
+    uml0 = records["seed0"]["metrics"]["rlp_reward_uml0"]  # UML's code with lambda 0: its logs are in the record
+    assert any("extra_grad_norm" in r for r in uml0) and any("hidden_within_share_after" in r for r in uml0)
     # the paired row is computed from the records
     main = [records["seed0"], records["seed1"]]
     d = report.paired_differences(report.series(main, report.PPO, "win_rate"), report.series(main, report.SFT,

@@ -97,6 +97,19 @@ def test_fsdp_scoring_matches_one_process(runs):
     torch.testing.assert_close(b["scores"], a["scores"], atol=1e-5, rtol=1e-5)
 
 
+def test_scores_are_float32_under_the_bf16_policy(runs):
+    """FSDP's bf16 policy with bf16 autocast (a GPU's setting, here on 2 CPU processes): the score
+    head is a float32 unit, so the scores are exactly the float32 head applied to the backbone's
+    bf16-computed hidden state (to float32 rounding, 1e-4); the bf16 backbone itself moves the
+    scores by about 1% of their size from a float32 model's (bound: 5% of the largest)."""
+    b = load(runs["2 fsdp"], "bf16.pt")
+    assert b["score_dtype"] == torch.float32 and b["layer_dtype"] == torch.float32  # masters stay float32
+    torch.testing.assert_close(b["scores"], b["hidden_head"], atol=1e-4, rtol=1e-5)
+    assert b["fp32"].abs().max() > 8  # big enough for bf16 rounding (steps of 1/16 from 8) to show
+    assert (b["scores"] - b["fp32"]).abs().max() <= 0.05 * b["fp32"].abs().max()
+    assert b["values"].dtype == torch.float32
+
+
 def test_ppo_reference_and_first_ratio(runs):
     for name in ["2 fsdp", "2 fsdp lora", "1 lora"]:
         row = load(runs[name], "ppo.pt")["row"]
