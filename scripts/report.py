@@ -67,20 +67,26 @@ def paired_differences(a: list[float], b: list[float]) -> dict:
 def ratio_interval(num: list[float], den: list[float], draws: int = 10000, seed: int = 0) -> tuple[float, float, float]:
     """mean(num) / mean(den) over seeds, and a 95% percentile bootstrap interval (seeds resampled
     with replacement, the same seeds in numerator and denominator). A ratio of per-seed ratios
-    would explode on seeds where the denominator is near 0; this does not. nan when mean(den) = 0."""
+    would explode on seeds where the denominator is near 0; this does not. All three are nan when
+    the yardstick itself is not clearly away from 0 (mean(den) = 0, or its sign flips in more than
+    2.5% of the resamples): a share of a gain that may be nothing is not a number to report."""
     n = len(num)
-    point = sum(num) / sum(den) if sum(den) else math.nan
+    total = sum(den)
+    if not total:
+        return math.nan, math.nan, math.nan
     rng = random.Random(seed)
-    boots = []
+    boots, flips = [], 0
     for _ in range(draws):
         idx = [rng.randrange(n) for _ in range(n)]
         d = sum(den[i] for i in idx)
-        if d:
+        if d * total <= 0:
+            flips += 1
+        else:
             boots.append(sum(num[i] for i in idx) / d)
-    if len(boots) < draws // 2:
-        return point, math.nan, math.nan
+    if flips > 0.025 * draws:
+        return math.nan, math.nan, math.nan
     boots.sort()
-    return point, boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
+    return sum(num) / total, boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
 
 
 def fmt_number(x: float) -> str:
@@ -238,7 +244,7 @@ def sweep(records: dict, seeds: list[int], kl_coefs: list[float]) -> tuple[str, 
 def rounds_table(runs: list[dict]) -> str:
     """Iterated RLP-SPG: each round's policy minus PPO, and each round's RM on the samples it was
     re-learned on (round 1: PPO's; round r: round r - 1's RLP-SPG policy's)."""
-    rows = ["| round | policy − PPO, exact accuracy | − PPO, win-rate | − PPO, gold score (×100) | RM accuracy on the "
+    rows = ["| round | policy − PPO, win-rate | − PPO, exact accuracy | − PPO, gold score (×100) | RM accuracy on the "
             "samples it learned from | Step-2 RM on them |", "|---|---|---|---|---|---|"]
     source = PPO
     for r in (1, 2, 3):
@@ -441,7 +447,7 @@ def write(records_dir: Path, names: list[str], args, command: str, results: Path
     if missing:
         raise SystemExit(f"error: no record of {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} in "
                          f"{records_dir}: run them first (without --report-only)")
-    seeds = args.seeds
+    seeds = [s for s in args.seeds if f"seed{s}" in records]  # (--collect: those recorded so far)
     runs = [records[f"seed{s}"] for s in seeds]
     first5 = seeds[:5]
     sweep_rows, points = sweep(records, first5, args.kl_coefs)
@@ -484,6 +490,11 @@ differences, how many seeds are higher, and every seed's difference.
 {paired_table(runs)}
 
 ## How much of the possible gain each re-learning recovers
+
+Each method's gain over PPO divided by a yardstick: the fresh-label control's gain over PPO, and
+PPO on the gold reward's. Both are the ratio of the mean gains with a 95% bootstrap interval over
+seeds; "–" where the yardstick itself is not clearly above 0 (its sign flips in more than 2.5% of
+the resamples), since a share of a gain that may be nothing means nothing.
 
 {fractions_table(runs)}
 

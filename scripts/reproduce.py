@@ -167,6 +167,27 @@ def run(job: Job, runs: Path, threads: int, log) -> float:
     return seconds
 
 
+def finished(job: Job, runs: Path) -> bool:
+    """Every stage the job's commands ask for is complete in its run folder (made by this script or
+    by hand with the same commands)."""
+    import config
+    out = runs / job.name
+    for cmd in job.commands:
+        cfg = config.parse_args(["--out", str(out), "--seed", str(job.seed), *cmd], "", train.flags())
+        if not all((out / s.folder / "DONE").is_file() for s in train.plan(cfg)):
+            return False
+    return True
+
+
+def collect(todo: list[Job], runs: Path, log) -> None:
+    """Records of the runs that are complete, without running anything (runs made elsewhere)."""
+    for job in todo:
+        done = done_commands(job.name)
+        if not all(cmd in done for cmd in job.commands) and finished(job, runs):
+            write_record(runs / job.name, job, done + [cmd for cmd in job.commands if cmd not in done])
+            log(f"  recorded {job.name} ({job.group})")
+
+
 def run_all(todo: list[Job], runs: Path, workers: int, log) -> None:
     """Run the jobs, `workers` at a time (never two on one folder), each once the job it needs is
     complete, with a progress bar and an estimate of the time left (from the minutes the finished
@@ -221,6 +242,8 @@ def main(argv=None) -> None:
     p.add_argument("--results", default="RESULTS.md", help="report to write (default RESULTS.md)")
     p.add_argument("--figures", default="figures", help="folder of the PNG figures (default figures)")
     p.add_argument("--report-only", action="store_true", help="write the report from results/runs/ only")
+    p.add_argument("--collect", action="store_true", help="record the runs already complete in --runs, run "
+                   "nothing, and report on what is recorded")
     p.add_argument("--tiny", action="store_true", help="the tiny preset: checks the script, not the paper")
     args = p.parse_args(argv)
     global RECORDS
@@ -228,7 +251,10 @@ def main(argv=None) -> None:
         RECORDS = Path(args.runs) / "records"
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     todo = jobs(args)
-    if not args.report_only:
+    if args.collect:
+        collect(todo, Path(args.runs), log)
+        todo = [j for j in todo if all(c in done_commands(j.name) for c in j.commands)]
+    elif not args.report_only:
         runs = Path(args.runs)
         runs.mkdir(parents=True, exist_ok=True)
         t0 = time.time()

@@ -155,9 +155,10 @@ def main(out: Path, mode: str, rank: int) -> None:
         from torch.distributed.fsdp._fully_shard import _fsdp_collectives as collectives
         real = collectives.DefaultAllGather.__call__
 
-        def counted(self, output, *args, **kwargs):
+        def counted(self, *args, **kwargs):  # FSDP passes output_tensor by keyword
+            output = kwargs["output_tensor"] if "output_tensor" in kwargs else args[0]
             gathers.append(output.numel() * output.element_size())
-            return real(self, output, *args, **kwargs)
+            return real(self, *args, **kwargs)
         collectives.DefaultAllGather.__call__ = counted
     got = lm.sample(sharded_policy, p_ids, p_mask, 6, 0.0, eos, tok.pad_token_id)
     if sharded:

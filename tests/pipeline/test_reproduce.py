@@ -39,6 +39,8 @@ def test_ratio_interval_by_hand():
     point, lo, hi = report.ratio_interval([1.0, 3.0], [1.0, 1.0])
     assert point == pytest.approx(2.0) and lo == pytest.approx(1.0) and hi == pytest.approx(3.0)
     assert math.isnan(report.ratio_interval([1.0, 1.0], [1.0, -1.0])[0])  # no gain to share
+    # a yardstick whose sign flips when seeds are resampled (two or three of the three seeds drawn as -3: 7 in 27 resamples): no share
+    assert all(math.isnan(x) for x in report.ratio_interval([1.0, 1.0, 1.0], [2.0, 2.0, -3.0]))
 
 
 def fake_record(name: str, seed: int, values: dict, rm: dict | None = None) -> dict:
@@ -105,6 +107,14 @@ def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
     # a second invocation finds every record complete and runs nothing; the report rebuilds from records alone
     again = subprocess.run(cmd + ["--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and "min\n" not in again.stdout.split("all runs complete")[0]
+    # --collect records runs finished outside the script (by hand, another queue) and runs nothing
+    before = (runs / "records" / "kl_0.05.seed1.json.gz").read_bytes()
+    (runs / "records" / "kl_0.05.seed1.json.gz").unlink()
+    collected = subprocess.run(cmd + ["--collect", "--results", str(tmp_path / "collected.md")], capture_output=True,
+                               text=True, cwd=ROOT, timeout=600)
+    assert collected.returncode == 0, collected.stderr[-2000:]
+    assert "recorded kl_0.05.seed1" in collected.stdout
+    assert (runs / "records" / "kl_0.05.seed1.json.gz").read_bytes() == before
     import shutil
     shutil.rmtree(runs / "seed0")
     only = subprocess.run(cmd + ["--report-only", "--results", str(tmp_path / "again.md")], capture_output=True,
