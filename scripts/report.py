@@ -441,7 +441,24 @@ def run_minutes(rec: dict) -> float:
     return sum(r["seconds"] for r in rec["timings"]) / 60
 
 
-def write(records_dir: Path, names: list[str], args, command: str, results: Path, figures_dir: Path) -> None:
+def not_run(lacking: list[str]) -> str:
+    """A paragraph naming the runs of the full programme that have no record yet (empty if none)."""
+    if not lacking:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for name in lacking:
+        kind, _, seed = name.rpartition(".seed")  # main.seed3, rounds.seed0, kl_0.1.seed2, noise.seed4 ...
+        groups.setdefault(kind, []).append(seed)
+    parts = [f"{kind} on seed{'s' if len(v) > 1 else ''} {', '.join(v)}" for kind, v in groups.items()]
+    return ("**Not run yet** (the full programme, `python scripts/reproduce.py --seeds 0 1 2 3 4 5 6 7 8 9 "
+            "--sweep --rounds --lambdas --noise`, has no record of these): " + "; ".join(parts) + ". The "
+            "tables below cover only what is recorded.\n\n")
+
+
+def write(records_dir: Path, names: list[str], args, command: str, results: Path, figures_dir: Path,
+          lacking: list[str] = ()) -> None:
+    """RESULTS.md and its figures from the records of `names`; `lacking`: the runs of the full programme
+    with no complete record yet, listed so that a reader sees what the tables do not cover."""
     records = load(records_dir)
     missing = [n for n in names if n not in records]
     if missing:
@@ -465,7 +482,7 @@ the sweeps use seeds {', '.join(map(str, first5))}. Seeds 0–9 were never used 
 (TUNING.md, at the end). Exact numbers depend on the CPU kind and the pinned versions
 (docs/reproducibility.md); the conclusions rest on the spread over seeds.
 
-## Findings, computed from the numbers below
+{not_run(lacking)}## Findings, computed from the numbers below
 
 {findings(runs, points)}
 
@@ -570,6 +587,9 @@ Stage time of each run (one thread, two runs at a time on the 2 cores):
 | run | minutes |
 |---|---|
 """ + "\n".join(f"| {n} | {run_minutes(records[n]):.0f} |" for n in names) + "\n")
+    notes = ROOT / "results" / "notes.md"  # what the records cannot say (pauses, machines), written by hand
+    if notes.is_file():
+        sections.append("## Notes on these runs\n\n" + notes.read_text().strip() + "\n")
     results.write_text("\n".join(sections))
 
 

@@ -262,8 +262,13 @@ def main(argv=None) -> None:
         log(f"all runs complete in {(time.time() - t0) / 60:.1f} min")
     import report
     command = "python scripts/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    programme = jobs(argparse.Namespace(**{**vars(args), "seeds": list(range(10)), "sweep": True, "rounds": True,
+                                           "lambdas": True, "noise": True, "ablations": False,
+                                           "kl_coefs": KL_COEFS, "lambda_values": LAMBDAS}))
+    lacking = [f"{j.group}.{j.name}" if j.name.startswith("seed") else j.name for j in programme
+               if not all(c in done_commands(j.name) for c in j.commands)]
     report.write(RECORDS, sorted({j.name for j in todo}), args, command.strip(), Path(args.results),
-                 Path(args.figures))
+                 Path(args.figures), [] if args.tiny else lacking)
     log(f"wrote {args.results} and {args.figures}/")
 
 

