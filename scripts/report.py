@@ -167,6 +167,12 @@ def paired_table(runs: list[dict], pairs=PAIRED) -> str:
     return "\n".join(rows)
 
 
+def share_cell(ratio: tuple[float, float, float]) -> str:
+    """A share with its interval, or "–" where ratio_interval found none."""
+    point, lo, hi = ratio
+    return "–" if math.isnan(point) else f"{pct(point)} [{pct(lo)}, {pct(hi)}]"
+
+
 def fractions_table(runs: list[dict]) -> str:
     """Each re-learning's gain over PPO as a fraction of two yardsticks: the fresh-label control's
     gain (what re-learning on P with real labels gives) and PPO's gap to PPO on the gold reward."""
@@ -182,8 +188,7 @@ def fractions_table(runs: list[dict]) -> str:
             gap = [x - y for x, y in zip(series(runs, GOLD, key, scale), series(runs, PPO, key, scale))]
             f = ratio_interval(gain, fresh) if fresh and name != FRESH else (math.nan,) * 3
             g = ratio_interval(gain, gap)
-            rows.append(f"| {name} | {metric} | {pct(f[0])} [{pct(f[1])}, {pct(f[2])}] | "
-                        f"{pct(g[0])} [{pct(g[1])}, {pct(g[2])}] |")
+            rows.append(f"| {name} | {metric} | {share_cell(f)} | {share_cell(g)} |")
     return "\n".join(rows)
 
 
@@ -237,7 +242,7 @@ def sweep(records: dict, seeds: list[int], kl_coefs: list[float]) -> tuple[str, 
             rows.append(f"| {beta} | {len(runs)} | {fmt(ppo_sft['mean'], ppo_sft['ci'], 1, '+')} | {fmt(*acc_rm)} | "
                         f"{name} | {fmt(da['mean'], da['ci'], 1, '+')} ({da['higher']}/{da['n']}) | "
                         f"{fmt(dw['mean'], dw['ci'], 1, '+')} | "
-                        + ("–" if name == GOLD else f"{pct(share[0])} [{pct(share[1])}, {pct(share[2])}]") + " |")
+                        + ("–" if name == GOLD else share_cell(share)) + " |")
     return "\n".join(rows), points
 
 
@@ -333,7 +338,22 @@ def verdict(d: dict) -> str:
     return "above 0" if d["mean"] - d["ci"] > 0 else "below 0" if d["mean"] + d["ci"] < 0 else "includes 0"
 
 
-def findings(runs: list[dict], sweep_points: dict) -> str:
+def label_accuracy(records: list[dict]) -> str:
+    """How often the labels each re-learned RM was trained on agree with the gold judge: SPG's
+    synthetic pairs and the fresh-label control's annotator labels, over every run that has both."""
+    both = [r for r in records if not math.isnan(last(r, "rlp_reward_spg", "label_accuracy_gold"))
+            and not math.isnan(last(r, "rlp_reward_fresh", "label_accuracy_gold"))]
+    if not both:
+        return ""
+    spg = [100 * last(r, "rlp_reward_spg", "label_accuracy_gold") for r in both]
+    fresh = [100 * last(r, "rlp_reward_fresh", "label_accuracy_gold") for r in both]
+    return (f"- The labels the re-learned RMs learn from, against the gold judge (over the {len(both)} runs with "
+            f"both): SPG's synthetic pairs are {min(spg):.1f}–{max(spg):.1f}% right, the fresh annotator labels "
+            f"{min(fresh):.1f}–{max(fresh):.1f}% (the annotator flips 25% of labels by design); SPG's are the more "
+            f"accurate in {sum(a > b for a, b in zip(spg, fresh))} of {len(both)}.")
+
+
+def findings(runs: list[dict], sweep_points: dict, records: list[dict] = ()) -> str:
     lines = []
     n = len(runs)
     on_ppo, on_sft = [rm_acc(r, STEP2_RM, PPO) for r in runs], [rm_acc(r, STEP2_RM, SFT) for r in runs]
@@ -351,6 +371,9 @@ def findings(runs: list[dict], sweep_points: dict) -> str:
     for name, pts in sweep_points.items():
         lines.append(f"- {name} − PPO in exact accuracy against the KL coefficient: "
                      + ", ".join(f"β {b}: {fmt(m, c, 1, '+')}" for b, m, c in pts) + ".")
+    labels = label_accuracy(list(records))
+    if labels:
+        lines.append(labels)
     return "\n".join(lines)
 
 
@@ -484,7 +507,7 @@ the sweeps use seeds {', '.join(map(str, first5))}. Seeds 0–9 were never used 
 
 {not_run(lacking)}## Findings, computed from the numbers below
 
-{findings(runs, points)}
+{findings(runs, points, list(records.values()))}
 
 ## Main table ({len(seeds)} seeds)
 

@@ -165,3 +165,17 @@ def test_the_report_names_the_runs_not_made_yet():
     text = report.not_run(["main.seed3", "main.seed4", "rounds.seed0", "kl_0.1.seed0"])
     assert "main on seeds 3, 4; rounds on seed 0; kl_0.1 on seed 0." in text
     assert report.not_run([]) == ""
+
+
+def test_label_accuracy_line_by_hand():
+    recs = []
+    for spg, fresh in [(0.9, 0.7), (0.8, 0.85)]:
+        rec = fake_record("x", 0, {})
+        rec["metrics"] = {"rlp_reward_spg": [{"step": 1}, {"label_accuracy_gold": spg}],
+                          "rlp_reward_fresh": [{"label_accuracy_gold": fresh}]}
+        recs.append(rec)
+    recs.append(fake_record("no_controls", 1, {}))  # without the fresh-label stage: left out
+    line = report.label_accuracy(recs)
+    assert "the 2 runs with both" in line and "80.0–90.0% right" in line and "70.0–85.0%" in line
+    assert "more accurate in 1 of 2" in line
+    assert report.label_accuracy([fake_record("none", 0, {})]) == ""
