@@ -341,8 +341,9 @@ def verdict(d: dict) -> str:
 def label_accuracy(records: list[dict]) -> str:
     """How often the labels each re-learned RM was trained on agree with the gold judge: SPG's
     synthetic pairs and the fresh-label control's annotator labels, over every run that has both."""
-    both = [r for r in records if not math.isnan(last(r, "rlp_reward_spg", "label_accuracy_gold"))
-            and not math.isnan(last(r, "rlp_reward_fresh", "label_accuracy_gold"))]
+    known = lambda r, stage: isinstance(last(r, stage, "label_accuracy_gold"), float) and not math.isnan(  # noqa: E731
+        last(r, stage, "label_accuracy_gold"))  # (None: a tiny run with no pair to check)
+    both = [r for r in records if known(r, "rlp_reward_spg") and known(r, "rlp_reward_fresh")]
     if not both:
         return ""
     spg = [100 * last(r, "rlp_reward_spg", "label_accuracy_gold") for r in both]
