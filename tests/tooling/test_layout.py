@@ -135,8 +135,8 @@ def test_documents_have_no_placeholders():
 
 
 def test_the_citation_check_sees_paths():
-    assert cited_files("see docs/ppo_checklist.md and (ppo.py), not STYLE.md 13") == \
-        {"docs/ppo_checklist.md", "ppo.py", "STYLE.md"}
+    assert cited_files("see docs/ppo_checklist.md and (ppo.py), not NOTES.md 13") == \
+        {"docs/ppo_checklist.md", "ppo.py", "NOTES.md"}
 
 
 def test_the_ppo_checklist_names_what_exists():
