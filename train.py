@@ -214,8 +214,13 @@ def main(argv=None) -> None:
         dist.close()
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> None:
+    """`python train.py`: main, with bad data reported as one clear line, not a traceback."""
     try:
-        main()
-    except data.DataError as e:  # bad data: one clear line, not a traceback
+        main(argv)
+    except data.DataError as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

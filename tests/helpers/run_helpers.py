@@ -27,8 +27,8 @@ SCORER_DIRS = [s.folder for s in DEFAULT if s.rm] + [f"{d}/value" for d in PPO_D
 
 def train_run(out, *args, check=True, preset=TINY, here=False):
     """`python train.py --out OUT --preset tiny --quiet ARGS` in a subprocess, as a user runs it; or,
-    with here=True, `train.main` in this process with the same error handling as train.py's
-    `__main__` (the quick error-path tests: a subprocess costs seconds of imports each)."""
+    with here=True, `train.cli` in this process, as train.py's `__main__` runs it (the quick
+    error-path tests: a subprocess costs seconds of imports each)."""
     argv = ["--out", str(out), *preset, *args]
     if here:
         return train_here(argv, check)
@@ -41,26 +41,22 @@ def train_run(out, *args, check=True, preset=TINY, here=False):
 
 
 def train_here(argv: list[str], check=True) -> subprocess.CompletedProcess:
-    """train.main(argv) in this process; its exit as a CompletedProcess (return code, stdout, stderr),
-    SystemExit and data errors turned into what the command line prints."""
+    """train.cli(argv) in this process; its exit as a CompletedProcess (return code, stdout, stderr),
+    a SystemExit's message printed as the command line prints it."""
     import contextlib
     import io
 
-    from plumbing import data
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            train.main(argv)
-        except data.DataError as e:  # as train.py's __main__
-            print(f"error: {e}", file=sys.stderr)
-            code = 1
+            train.cli(argv)
         except SystemExit as e:
             if isinstance(e.code, str):
                 print(e.code, file=sys.stderr)
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     proc = subprocess.CompletedProcess(["train.py", *argv], code, out.getvalue(), err.getvalue())
     if check and code != 0:
-        raise AssertionError(f"train.main failed ({code}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"train.cli failed ({code}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
