@@ -78,7 +78,8 @@ def stage_sft(run, dest, metrics) -> None:
     recs = run.records("sft", data.DEMO)
     if cfg.model.model:
         with models.loading("--model", cfg.model.model):
-            model, tokenizer = models.load_pretrained(cfg.model.model, run.device, chat=cfg.model.prompt_style == "chat")
+            model, tokenizer = models.load_pretrained(cfg.model.model, run.load_device(),
+                                                      chat=cfg.model.prompt_style == "chat")
     else:
         tokenizer = models.build_char_tokenizer()
         model = models.new_tiny_llama(tokenizer, cfg.model.model_hidden, cfg.model.model_layers, cfg.model.model_heads,

@@ -23,6 +23,8 @@ What changes for the rest of the code, and where it is handled:
   * a function that calls a model's backbone and head separately (lm.last_token_hidden,
     token_values, ...) runs as one forward of the root unit (lm.as_one_forward calls the
     model's `run_as_root_forward`), so the root's parameters are gathered for it.
+  * loading: only rank 0 reads a checkpoint (runs.Run.load_device); the other ranks build the
+    model on the meta device, and `shard` fills every rank's shards from rank 0's weights.
   * saving: `full_state_dict` gathers the full weights on rank 0 (on the CPU), which writes the
     usual Hugging Face folder; PPO's resumable checkpoints are sharded (plumbing/checkpoint.py).
   * precision: on a GPU, bf16 compute with float32 master weights and float32 gradient reduction
@@ -69,12 +71,22 @@ def check_launch(on: bool) -> None:
 
 def shard(model, device: torch.device, train: bool = False, shard_size: int = 0, bf16: bool | None = None):
     """Shard `model` in place (one FSDP unit per decoder layer, one for a score head, then the
-    root); returns it. Every rank must hold the same weights first: rank 0's are broadcast, then
-    each rank keeps its slice. train: the root keeps its weights from the forward to the backward
-    (FSDP2's default for a root: one gather fewer per step); a model that only runs forwards
-    gives them back after each one. shard_size: see `_mesh`. bf16: bf16 compute (default: on a
-    GPU)."""
-    dist.broadcast_parameters(model)
+    root) on `device`; returns it. Rank 0 holds the weights (on any device); the other ranks hold
+    the same architecture, on the meta device (runs.Run.load_device) or with any weights. FSDP2's
+    flow: every rank moves the model to the meta device and shards it there (no memory), then
+    allocates its shards on `device` and receives them from rank 0's full weights, one tensor at a
+    time (so no rank but 0 ever holds a full copy). train: the root keeps its weights from the
+    forward to the backward (FSDP2's default for a root: one gather fewer per step); a model that
+    only runs forwards gives them back after each one. shard_size: see `_mesh`. bf16: bf16
+    compute (default: on a GPU)."""
+    full = model.state_dict() if dist.is_main() else {}  # references: rank 0's weights stay alive until loaded
+    # buffers a state dict leaves out (rotary frequencies, embedding scales): computed when the model is
+    # built, so the meta device has no values for them; rank 0's, on every rank
+    kept = dist.broadcast_object({name: b.cpu() for name, b in model.named_buffers() if name not in full}
+                                 if dist.is_main() else None)
+    model.to("meta")
+    if hasattr(model, "tie_weights"):  # moving a model makes new parameters, one per module: tie the LM head again
+        model.tie_weights()
     mesh = _mesh(device.type, shard_size)
     bf16 = device.type == "cuda" if bf16 is None else bf16
     if bf16:  # bf16 compute, float32 master weights and gradient reduction
@@ -88,6 +100,11 @@ def shard(model, device: torch.device, train: bool = False, shard_size: int = 0,
                                                                             reduce_dtype=torch.float32))
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=not train)
     model._root_reshards = not train  # what `gathered` restores
+    model.to_empty(device=device)  # this rank's shards, allocated (not yet filled)
+    for name, b in kept.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, b.to(device))
+    load_full_state_dict(model, full)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # a sum over ranks: each rank's loss is its share of the global loss
@@ -133,6 +150,14 @@ def lockstep_padding(model, n_items: int) -> list[int]:
     if not is_sharded(model) or n_items == 0:
         return []
     return [0] * (math.ceil(n_items / dist.world()) - len(range(dist.rank(), n_items, dist.world())))
+
+
+def load_full_state_dict(model, full: dict) -> None:
+    """Fill a sharded model's shards from the full weights `full` that rank 0 holds (the other
+    ranks pass {}): each tensor is broadcast from rank 0, and each rank keeps its slice. A
+    collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def full_state_dict(model) -> dict:

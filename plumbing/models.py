@@ -186,16 +186,20 @@ def load_gguf_causal_lm(folder: str, gguf_file: str) -> torch.nn.Module:
 def load_pretrained(name: str, device, chat: bool = False) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """--model: the policy to fine-tune and its tokenizer (with a pad token distinct from EOS;
     the embeddings grow to fit it; chat: EOS = the template's end of an answer). Float32
-    weights: GPUs compute in bf16 under autocast."""
+    weights: GPUs compute in bf16 under autocast. On the meta device: the same model without
+    weights (`on_meta`)."""
     folder, gguf_file = resolve_model(name)
     tokenizer = load_tokenizer(folder, gguf_file, turn_end_eos=chat)
-    if gguf_file:
+    if torch.device(device).type == "meta":
+        model = on_meta(AutoModelForCausalLM, folder, gguf_file=gguf_file)
+    elif gguf_file:
         model = load_gguf_causal_lm(folder, gguf_file)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # the pad token we added
         with quiet_transformers():  # the note on how new rows are initialised
-            model.resize_token_embeddings(len(tokenizer))
+            # (on the meta device only the shape counts: rank 0's rows are broadcast into it)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=torch.device(device).type != "meta")
     model.config.pad_token_id = tokenizer.pad_token_id
     return no_dropout(model).to(device).eval(), tokenizer
 
@@ -235,7 +239,22 @@ def no_dropout(model):
     return model
 
 
+def on_meta(cls, folder, **config_kwargs) -> torch.nn.Module:
+    """The model a checkpoint holds, built on the meta device: its architecture and settings, no
+    weights and no memory. Under --fsdp every rank but 0 builds this, and fsdp.shard fills its
+    shards with rank 0's weights (FSDP2's flow: build on meta, shard, then load)."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(folder, **{k: v for k, v in config_kwargs.items() if v is not None})
+    with torch.device("meta"):
+        model = cls.from_config(config, dtype=torch.float32)
+    model.tie_weights()
+    return model
+
+
 def load_policy(path, device) -> torch.nn.Module:
+    """A causal LM from a saved folder (on the meta device: `on_meta`)."""
+    if torch.device(device).type == "meta":
+        return no_dropout(on_meta(AutoModelForCausalLM, path)).eval()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     return no_dropout(model).eval()
 
@@ -244,11 +263,15 @@ def load_scorer(path, device, fresh_head: bool = False) -> torch.nn.Module:
     """A reward or value model: AutoModelForSequenceClassification with num_labels=1,
     the layout TRL and OpenRLHF expect. Built from a causal-LM checkpoint the score
     head is new; `fresh_head` zeroes it, weight and bias (when the head has one: transformers'
-    own heads have none), so the value model starts from the RM with V = 0 (checklist 15)."""
-    with quiet_transformers():  # "newly initialised score head" is expected here
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    own heads have none), so the value model starts from the RM with V = 0 (checklist 15).
+    On the meta device: the same model without weights (`on_meta`)."""
+    if torch.device(device).type == "meta":
+        model = on_meta(AutoModelForSequenceClassification, path, num_labels=1)
+    else:
+        with quiet_transformers():  # "newly initialised score head" is expected here
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     if fresh_head:
-        torch.nn.init.zeros_(model.score.weight)
+        torch.nn.init.zeros_(model.score.weight)  # (a no-op on the meta device)
         if getattr(model.score, "bias", None) is not None:
             torch.nn.init.zeros_(model.score.bias)
         model.config.score_mean, model.config.score_std = 0.0, 1.0

