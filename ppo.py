@@ -345,7 +345,7 @@ def start_loop(policy, ref, rm, value, n_prompts: int, cfg: PPOConfig, seeds: Se
     dist.per_rank(cfg.step_batch, "--step-batch")
     dist.broadcast_parameters(policy)
     dist.broadcast_parameters(value)
-    params = [p for p in list(policy.parameters()) + list(value.parameters()) if p.requires_grad]  # LoRA: adapters, heads
+    params = dist.trainable_parameters(policy, value)  # LoRA: adapters, heads
     optimizer = torch.optim.AdamW(params, lr=cfg.ppo_lr, eps=1e-5, weight_decay=0.0)  # Adam eps 1e-5 (checklist 14)
     # linear decay to 0 over the run, stepped once per rollout (AlpacaFarm decays too)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - it / max(1, cfg.ppo_iterations))

@@ -121,7 +121,7 @@ def train_reward_model(rm, pairs: list[Pair], pad_id: int, *, lr: float, batch_s
     backbone (every parameter but the score head, which L_M does not reach) and their cosine."""
     micro = dist.micro_size(dist.per_rank(batch_size, "--rm-batch"), micro_batch, "--rm-batch")
     total = num_steps(len(pairs), batch_size, epochs)
-    rm_params = [p for p in rm.parameters() if p.requires_grad]
+    rm_params = dist.trainable_parameters(rm)
     extra_params = list(extra_params)
     dist.broadcast_parameters(rm)
     groups = [{"params": rm_params, "lr": lr}]

@@ -48,7 +48,7 @@ def train_sft(model, tokenizer, prompts: list[list[int]], responses: list[list[i
     (more reproducible than a time budget). batch_size is global (all ranks)."""
     micro = dist.micro_size(dist.per_rank(batch_size, "--sft-batch"), micro_batch, "--sft-batch")
     dist.broadcast_parameters(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(dist.trainable_parameters(model), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
 
     def lr_factor(step):
         if step < warmup:

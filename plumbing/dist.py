@@ -225,6 +225,21 @@ def sum_gradients(params, bucket_numel: int = 2 ** 26) -> None:
 
 
 @torch.no_grad()
+def trainable_parameters(*models) -> list:
+    """The parameters an optimizer holds: those that train, of each model in turn. Under --fsdp,
+    the sharded ones: a training model's root keeps its gathered weights from a forward to the
+    next backward, so after a forward without a backward (a measurement before training) the
+    model lists its gathered copies, which no optimizer or clipping may hold; they are given back
+    first."""
+    from torch.distributed.fsdp import FSDPModule
+    params = []
+    for m in models:
+        if isinstance(m, FSDPModule):
+            m.reshard()
+        params += [p for p in m.parameters() if p.requires_grad]
+    return params
+
+
 def broadcast_parameters(module: torch.nn.Module) -> None:
     """Rank 0's weights (and buffers) on every rank: the same starting point everywhere."""
     if world() == 1:

@@ -102,6 +102,14 @@ def main(out: Path, mode: str, rank: int) -> None:
     if dist.is_main():
         torch.save({"state": state, "grad": rm_grad, "accuracy": acc, "scores": scores, "margins": margins},
                    out / "rm.pt")
+    # a forward without a backward (a measurement, as RLP-UML's before re-learning) leaves a training
+    # model's root gathered under FSDP; the training that follows must still hold the sharded weights
+    reward.pairwise_accuracy(rm, pairs[:5], tok.pad_token_id, batch_size=2)
+    reward.train_reward_model(rm, pairs, tok.pad_token_id, lr=1e-2, batch_size=8, epochs=0.34, max_grad_norm=0.5,
+                              seed=3, show=False)
+    state = full(rm)
+    if dist.is_main():
+        torch.save({"state": state}, out / "rm_after_probe.pt")
 
     # scores and values under FSDP's bf16 policy and bf16 autocast (the GPU's setting, here on the CPU):
     # the backbone computes in bf16, the score head in float32 (its own float32 unit)

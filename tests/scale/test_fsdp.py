@@ -43,10 +43,12 @@ def max_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("mode", ["2 fsdp", "2 hsdp"])
 def test_fsdp_trains_exactly_as_plain_data_parallelism(runs, mode):
-    """Two SFT steps, two RM steps and one PPO iteration: sharded (FSDP, or HSDP: a 2-D mesh
-    replicating whole shard groups) and plain 2-process training agree (they sum the same two
-    per-rank gradients; 0 difference seen)."""
-    for name, parts in [("sft.pt", ["state"]), ("rm.pt", ["state"]), ("ppo.pt", ["policy", "value"])]:
+    """Two SFT steps, two RM steps, one more after a forward without a backward (which leaves a
+    training model's root gathered under FSDP) and one PPO iteration: sharded (FSDP, or HSDP: a
+    2-D mesh replicating whole shard groups) and plain 2-process training agree (they sum the
+    same two per-rank gradients; 0 difference seen)."""
+    for name, parts in [("sft.pt", ["state"]), ("rm.pt", ["state"]), ("rm_after_probe.pt", ["state"]),
+                        ("ppo.pt", ["policy", "value"])]:
         for part in parts:
             assert max_diff(load(runs[mode], name)[part], load(runs["2"], name)[part]) < 1e-6, (name, part)
     plain, sharded = load(runs["2"], "ppo.pt")["row"], load(runs[mode], "ppo.pt")["row"]
