@@ -190,7 +190,8 @@ def load_pretrained(name: str, device, chat: bool = False) -> tuple[torch.nn.Mod
     weights (`on_meta`)."""
     folder, gguf_file = resolve_model(name)
     tokenizer = load_tokenizer(folder, gguf_file, turn_end_eos=chat)
-    if torch.device(device).type == "meta":
+    meta = torch.device(device).type == "meta"
+    if meta:
         model = on_meta(AutoModelForCausalLM, folder, gguf_file=gguf_file)
     elif gguf_file:
         model = load_gguf_causal_lm(folder, gguf_file)
@@ -199,7 +200,7 @@ def load_pretrained(name: str, device, chat: bool = False) -> tuple[torch.nn.Mod
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # the pad token we added
         with quiet_transformers():  # the note on how new rows are initialised
             # (on the meta device only the shape counts: rank 0's rows are broadcast into it)
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=torch.device(device).type != "meta")
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=not meta)
     model.config.pad_token_id = tokenizer.pad_token_id
     return no_dropout(model).to(device).eval(), tokenizer
 

@@ -341,13 +341,14 @@ def verdict(d: dict) -> str:
 def label_accuracy(records: list[dict]) -> str:
     """How often the labels each re-learned RM was trained on agree with the gold judge: SPG's
     synthetic pairs and the fresh-label control's annotator labels, over every run that has both."""
-    known = lambda r, stage: isinstance(last(r, stage, "label_accuracy_gold"), float) and not math.isnan(  # noqa: E731
-        last(r, stage, "label_accuracy_gold"))  # (None: a tiny run with no pair to check)
-    both = [r for r in records if known(r, "rlp_reward_spg") and known(r, "rlp_reward_fresh")]
+    def known(value) -> bool:  # (None: a tiny run with no pair to check)
+        return isinstance(value, float) and not math.isnan(value)
+    pairs = [(last(r, "rlp_reward_spg", "label_accuracy_gold"), last(r, "rlp_reward_fresh", "label_accuracy_gold"))
+             for r in records]
+    both = [(100 * s, 100 * f) for s, f in pairs if known(s) and known(f)]
     if not both:
         return ""
-    spg = [100 * last(r, "rlp_reward_spg", "label_accuracy_gold") for r in both]
-    fresh = [100 * last(r, "rlp_reward_fresh", "label_accuracy_gold") for r in both]
+    spg, fresh = [s for s, _ in both], [f for _, f in both]
     return (f"- The labels the re-learned RMs learn from, against the gold judge (over the {len(both)} runs with "
             f"both): SPG's synthetic pairs are {min(spg):.1f}–{max(spg):.1f}% right, the fresh annotator labels "
             f"{min(fresh):.1f}–{max(fresh):.1f}% (the annotator flips 25% of labels by design); SPG's are the more "
