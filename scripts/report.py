@@ -246,6 +246,81 @@ def sweep(records: dict, seeds: list[int], kl_coefs: list[float]) -> tuple[str, 
     return "\n".join(rows), points
 
 
+def pearson(x: list[float], y: list[float]) -> float:
+    """The correlation coefficient of two lists (nan when either is constant)."""
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
+def cluster_bootstrap_r(points: list[tuple[int, float, float]], draws: int = 5000, seed: int = 0) -> tuple[float, float, float]:
+    """Pearson r of (x, y) over points (seed, x, y), with a 95% percentile interval from resampling
+    whole seeds: the runs of one seed at several KL coefficients share its SFT model and Step-2 RM,
+    so they are not independent draws, and a seed is the unit that is."""
+    r = pearson([p[1] for p in points], [p[2] for p in points])
+    by_seed: dict[int, list] = {}
+    for p in points:
+        by_seed.setdefault(p[0], []).append(p)
+    groups = list(by_seed.values())
+    rng = random.Random(seed)
+    boots = []
+    for _ in range(draws):
+        sample = [p for _ in groups for p in groups[rng.randrange(len(groups))]]
+        b = pearson([p[1] for p in sample], [p[2] for p in sample])
+        if b == b:
+            boots.append(b)
+    if len(groups) < 3 or not boots:
+        return r, math.nan, math.nan
+    boots.sort()
+    return r, boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
+
+
+def pressure_runs(records: dict, seeds: list[int], kl_coefs: list[float]) -> list[dict]:
+    """Every run of the main table and of the sweep (one per seed and KL coefficient) with PPO, PPO
+    on the gold reward and RLP-SPG: how far PPO fooled its RM (the Step-2 RM's accuracy on PPO's
+    samples) and each method's gain over PPO in exact accuracy."""
+    out = []
+    for s in seeds:
+        for beta in sorted(set(kl_coefs) | {0.02}):
+            r = records.get(f"seed{s}" if beta == 0.02 else f"kl_{fmt_number(beta)}.seed{s}")
+            if r is None or not have([r], SPG) or not have([r], GOLD) or rm_acc(r, STEP2_RM, PPO) != rm_acc(r, STEP2_RM, PPO):
+                continue
+            ppo = value(r, PPO, "accuracy", 100)
+            out.append({"seed": s, "beta": beta, "rm_on_ppo": rm_acc(r, STEP2_RM, PPO),
+                        **{name: value(r, name, "accuracy", 100) - ppo for name in (SPG, FRESH, GOLD)}})
+    return out
+
+
+def per_run_table(items: list[dict]) -> str:
+    """The runs split at the median of the Step-2 RM's accuracy on PPO's samples: where PPO fooled
+    its RM more and where less, each method's gain over PPO; and the correlation of that gain with
+    the RM's accuracy, over all the runs (interval: seeds resampled)."""
+    if len(items) < 4:
+        return ""
+    cut = statistics.median(x["rm_on_ppo"] for x in items)
+    halves = [("fooled more (below the median)", [x for x in items if x["rm_on_ppo"] < cut]),
+              ("fooled less (at or above it)", [x for x in items if x["rm_on_ppo"] >= cut])]
+    rows = [f"| runs, by the Step-2 RM's accuracy on PPO's samples (median {cut:.1f}%) | runs | its accuracy there | "
+            "method | − PPO, exact accuracy: mean ± 95% (higher in) | median | correlation of the gain with that "
+            "accuracy, all runs [95%, seeds resampled] |", "|---|---|---|---|---|---|---|"]
+    for name in (GOLD, SPG, FRESH):
+        have_it = [x for x in items if x[name] == x[name]]
+        if len(have_it) < 4:
+            continue
+        r = cluster_bootstrap_r([(x["seed"], x["rm_on_ppo"], x[name]) for x in have_it])
+        for label, half in halves:
+            gains = [x[name] for x in half if x[name] == x[name]]
+            if not gains:
+                continue
+            m, c = mean_ci(gains)
+            rows.append(f"| {label} | {len(gains)} | {statistics.fmean(x['rm_on_ppo'] for x in half):.1f} | {name} | "
+                        f"{fmt(m, c, 1, '+')} ({sum(g > 0 for g in gains)}/{len(gains)}) | {statistics.median(gains):+.1f} | "
+                        + ("–" if r[0] != r[0] else f"{r[0]:+.2f}" + ("" if r[1] != r[1] else f" [{r[1]:+.2f}, {r[2]:+.2f}]"))
+                        + " |")
+    return "\n".join(rows)
+
+
 def rounds_table(runs: list[dict]) -> str:
     """Iterated RLP-SPG: each round's policy minus PPO, and each round's RM on the samples it was
     re-learned on (round 1: PPO's; round r: round r - 1's RLP-SPG policy's)."""
@@ -355,7 +430,7 @@ def label_accuracy(records: list[dict]) -> str:
             f"accurate in {sum(a > b for a, b in zip(spg, fresh))} of {len(both)}.")
 
 
-def findings(runs: list[dict], sweep_points: dict, records: list[dict] = ()) -> str:
+def findings(runs: list[dict], sweep_points: dict, records: list[dict] = (), per_run: list[dict] = ()) -> str:
     lines = []
     n = len(runs)
     on_ppo, on_sft = [rm_acc(r, STEP2_RM, PPO) for r in runs], [rm_acc(r, STEP2_RM, SFT) for r in runs]
@@ -373,6 +448,17 @@ def findings(runs: list[dict], sweep_points: dict, records: list[dict] = ()) -> 
     for name, pts in sweep_points.items():
         lines.append(f"- {name} − PPO in exact accuracy against the KL coefficient: "
                      + ", ".join(f"β {b}: {fmt(m, c, 1, '+')}" for b, m, c in pts) + ".")
+    if len(per_run) >= 4:
+        cut = statistics.median(x["rm_on_ppo"] for x in per_run)
+        halves = [[x[SPG] for x in per_run if x["rm_on_ppo"] < cut], [x[SPG] for x in per_run if x["rm_on_ppo"] >= cut]]
+        (m1, c1), (m2, c2) = mean_ci(halves[0]), mean_ci(halves[1])
+        r = cluster_bootstrap_r([(x["seed"], x["rm_on_ppo"], x[SPG]) for x in per_run])
+        lines.append(f"- Per run ({len(per_run)} runs: every seed and KL coefficient): where PPO fooled the Step-2 RM more "
+                     f"(its accuracy on PPO's samples below the median, {cut:.1f}%), {SPG} − PPO is {fmt(m1, c1, 1, '+')} "
+                     f"exact accuracy (higher in {sum(g > 0 for g in halves[0])} of {len(halves[0])}); where it fooled it "
+                     f"less, {fmt(m2, c2, 1, '+')} (higher in {sum(g > 0 for g in halves[1])} of {len(halves[1])}). "
+                     f"Correlation of the gain with that accuracy: {r[0]:+.2f}"
+                     + ("" if r[1] != r[1] else f" [{r[1]:+.2f}, {r[2]:+.2f}]") + ".")
     labels = label_accuracy(list(records))
     if labels:
         lines.append(labels)
@@ -381,7 +467,7 @@ def findings(runs: list[dict], sweep_points: dict, records: list[dict] = ()) -> 
 
 # ----------------------------------------------------------------------------- figures
 
-def figures(runs: list[dict], sweep_points: dict, out_dir: Path) -> list[str]:
+def figures(runs: list[dict], sweep_points: dict, out_dir: Path, per_run: list[dict] = ()) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -403,6 +489,22 @@ def figures(runs: list[dict], sweep_points: dict, out_dir: Path) -> list[str]:
         fig.savefig(out_dir / "pressure_sweep.png", dpi=120)
         plt.close(fig)
         names.append("pressure_sweep.png")
+    if len(per_run) >= 4:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for name, marker in ((SPG, "o"), (FRESH, "s")):
+            pts = [(x["rm_on_ppo"], x[name], x["beta"]) for x in per_run if x[name] == x[name]]
+            sc = ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[math.log10(p[2]) for p in pts], cmap="viridis",
+                            marker=marker, s=28, alpha=0.8, label=name)
+        fig.colorbar(sc, ax=ax, label="log10 KL coefficient β")
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("Step-2 RM accuracy on PPO's samples (%; lower: PPO fooled it more)")
+        ax.set_ylabel("exact accuracy − PPO's (points)")
+        ax.set_title("Gain over PPO, every run (seed × β)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "per_run_gain.png", dpi=120)
+        plt.close(fig)
+        names.insert(1 if sweep_points else 0, "per_run_gain.png")
     labels = [p for p in policy_labels(train.STAGES) if have(runs, p)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, (key, title, scale) in zip(axes, [("accuracy", "exact accuracy (%)", 100), ("win_rate", "win-rate (%)", 1)]):
@@ -493,7 +595,8 @@ def write(records_dir: Path, names: list[str], args, command: str, results: Path
     runs = [records[f"seed{s}"] for s in seeds]
     first5 = seeds[:5]
     sweep_rows, points = sweep(records, first5, args.kl_coefs)
-    pics = figures(runs, points, figures_dir)
+    per_run = pressure_runs(records, seeds, args.kl_coefs)
+    pics = figures(runs, points, figures_dir, per_run)
     rel = os.path.relpath(figures_dir, results.parent or ".")
     sources = [s for s in [SFT, PPO, SPG, FRESH, GOLD] if all(s in r["results"]["policies"] for r in runs)]
     total = sum(run_minutes(r) for r in records.values() if r["name"] in names)
@@ -509,7 +612,7 @@ the sweeps use seeds {', '.join(map(str, first5))}. Seeds 0–9 were never used 
 
 {not_run(lacking)}## Findings, computed from the numbers below
 
-{findings(runs, points, list(records.values()))}
+{findings(runs, points, list(records.values()), per_run)}
 
 ## Main table ({len(seeds)} seeds)
 
@@ -561,6 +664,24 @@ gold − PPO), the share of PPO's shortfall each recovers.
 {sweep_rows}
 
 ![pressure sweep]({rel}/{pics[0]})
+""")
+    per_run_rows = per_run_table(per_run)
+    if per_run_rows:
+        sections.append(f"""## When it pays, run by run
+
+The KL coefficient sets the pressure, but how far PPO actually fools its RM varies from seed to seed
+at one β. Here every run of the main table and of the sweep (one per seed and β) is one point: the
+Step-2 RM's accuracy on that PPO's samples (lower: PPO found more of the RM's mistakes) against
+each method's gain over that PPO. The runs of one seed share its SFT model and Step-2 RM, so the
+halves' intervals (over runs) are optimistic; the correlation's interval resamples whole seeds.
+Each gain is a difference with that same PPO run, so where PPO did worse every method gains more
+even if it did no better itself: PPO on the gold reward, which does not depend on that PPO run at
+all, shows the size of this effect. The table says when RLP pays relative to PPO, not that RLP's
+own policy is better there.
+
+{per_run_rows}
+
+![every run]({rel}/per_run_gain.png)
 """)
     rounds = rounds_table([records[f"seed{s}"] for s in first5])
     if rounds.count("\n") > 1:

@@ -179,3 +179,36 @@ def test_label_accuracy_line_by_hand():
     assert "the 2 runs with both" in line and "80.0–90.0% right" in line and "70.0–85.0%" in line
     assert "more accurate in 1 of 2" in line
     assert report.label_accuracy([fake_record("none", 0, {})]) == ""
+
+
+def test_pearson_and_seed_bootstrap_by_hand():
+    """r by hand (x = 1, 2, 3, y = 1, 3, 2: r = 0.5); points on a rising line give r = 1 in every
+    resample; fewer than three seeds give no interval; a constant list gives nan."""
+    assert report.pearson([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.5)
+    assert math.isnan(report.pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    line = [(s, float(x), 2.0 * x + 1) for s in range(4) for x in (s, s + 0.5)]
+    r, lo, hi = report.cluster_bootstrap_r(line)
+    assert r == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+    assert math.isnan(report.cluster_bootstrap_r(line[:4])[1])  # seeds 0 and 1 only
+
+
+def test_per_run_rows_split_at_the_median_by_hand():
+    """Four runs (two seeds x beta 0.02 and 0.1): the Step-2 RM's accuracy on PPO's samples is 60,
+    70, 80, 90 (median 75); RLP-SPG's gains over PPO are +8, +6, +1, -1 points, so the half below
+    the median gains +7.0 (2/2) and the other +0.0 (1/2)."""
+    records = {}
+    for name, seed, rm, spg in [("seed0", 0, 60.0, 0.88), ("kl_0.1.seed0", 0, 80.0, 0.81),
+                                ("seed1", 1, 70.0, 0.86), ("kl_0.1.seed1", 1, 90.0, 0.79)]:
+        records[name] = fake_record(name, seed, {report.SFT: (50.0, 0.7, 0.8), report.PPO: (55.0, 0.80, 0.85),
+                                                 report.SPG: (57.0, spg, 0.9), report.GOLD: (60.0, 0.9, 0.95)},
+                                    rm={report.STEP2_RM: {report.PPO: {"accuracy": rm / 100}}})
+    items = report.pressure_runs(records, [0, 1], [0.1])
+    assert sorted(x["rm_on_ppo"] for x in items) == pytest.approx([60.0, 70.0, 80.0, 90.0])
+    table = report.per_run_table(items)
+    rows = [line for line in table.splitlines() if f"| {report.SPG} |" in line]
+    assert len(rows) == 2
+    assert "| 2 | 65.0 |" in rows[0] and report.fmt(*report.mean_ci([8.0, 6.0]), 1, "+") + " (2/2)" in rows[0]
+    assert "| 2 | 85.0 |" in rows[1] and report.fmt(*report.mean_ci([1.0, -1.0]), 1, "+") + " (1/2)" in rows[1]
+    r = report.pearson([60.0, 70.0, 80.0, 90.0], [8.0, 6.0, 1.0, -1.0])
+    assert f"{r:+.2f}" in rows[0]
+    assert "(median 75.0%)" in table
