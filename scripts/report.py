@@ -404,6 +404,15 @@ def noise_table(records: dict, seeds: list[int]) -> str:
         rows.append(f"| {a} − {b} | {fmt(d1['mean'], d1['ci'], 1, '+')} ({d1['higher']}/{d1['n']}) | "
                     f"{fmt(d2['mean'], d2['ci'], 1, '+')} ({d2['higher']}/{d2['n']}) | "
                     + ", ".join(f"{x:+.1f} → {y:+.1f}" for x, y in zip(d1["diffs"], d2["diffs"])) + " |")
+    same = []
+    for name in (PPO, GOLD, SPG, UML, FRESH):
+        seeds_same = [r["name"] for r, q in pairs if have([r, q], name)
+                      and abs(value(r, name, "gold_score") - value(q, name, "gold_score")) < 1e-4]
+        if seeds_same:
+            same.append(f"{name} on {', '.join(seeds_same)}")
+    if same:  # a perturbation that flips no sampled token leaves a run as it was: those seeds test nothing
+        rows.append("\nUnchanged by the perturbation (mean gold score within 0.0001 of the original: no sampled "
+                    "token flipped, so the re-run repeats the run and tests nothing): " + "; ".join(same) + ".")
     return "\n".join(rows)
 
 

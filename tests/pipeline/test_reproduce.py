@@ -68,11 +68,14 @@ def test_three_metric_paired_rows_by_hand():
 
 
 def test_noise_table_compares_the_same_seeds(tmp_path):
-    pol = {report.SFT: (50.0, 0.7, 0.8), report.PPO: (55.0, 0.8, 0.9)}
+    pol = {report.SFT: (50.0, 0.7, 0.8), report.PPO: (55.0, 0.8, 0.9), report.GOLD: (60.0, 0.9, 0.95)}
     records = {"seed0": fake_record("seed0", 0, pol), "noise.seed0": fake_record("noise.seed0", 0, {
-        report.SFT: (50.0, 0.7, 0.8), report.PPO: (49.0, 0.6, 0.7)})}
+        report.SFT: (50.0, 0.7, 0.8), report.PPO: (49.0, 0.6, 0.7), report.GOLD: (60.0, 0.9, 0.95)})}
     table = report.noise_table(records, [0])
     assert f"| {report.PPO} − {report.SFT} | +10.0 (1/1) | -10.0 (0/1) | +10.0 → -10.0 |" in table
+    # PPO on the gold reward has the same gold score in both (0.95): the re-run repeated it; PPO's moved
+    assert "Unchanged by the perturbation" in table and f"{report.GOLD} on seed0." in table
+    assert f"{report.PPO} on" not in table
 
 
 def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
