@@ -217,6 +217,11 @@ def rm_table(runs: list[dict], sources: list[str]) -> str:
     return "\n".join(rows)
 
 
+def sweep_record(records: dict, seed: int, beta: float) -> dict | None:
+    """A seed's run at KL coefficient beta: the main run at the default 0.02, else its sweep variant."""
+    return records.get(f"seed{seed}" if beta == 0.02 else f"kl_{fmt_number(beta)}.seed{seed}")
+
+
 def sweep(records: dict, seeds: list[int], kl_coefs: list[float]) -> tuple[str, dict]:
     """The pressure sweep: per KL coefficient, each method minus PPO (exact accuracy and win-rate)
     over the seeds that have it, and the share of PPO's gap to the gold reward each recovers."""
@@ -225,7 +230,7 @@ def sweep(records: dict, seeds: list[int], kl_coefs: list[float]) -> tuple[str, 
             "− PPO, win-rate | share of PPO's gap to gold recovered [95%] |", "|---|---|---|---|---|---|---|---|"]
     points = {}
     for beta in coefs:
-        runs = [records[f"seed{s}"] if beta == 0.02 else records.get(f"kl_{fmt_number(beta)}.seed{s}") for s in seeds]
+        runs = [sweep_record(records, s, beta) for s in seeds]
         runs = [r for r in runs if r is not None and have([r], SPG)]
         if len(runs) < 2:
             continue
@@ -263,6 +268,8 @@ def cluster_bootstrap_r(points: list[tuple[int, float, float]], draws: int = 500
     for p in points:
         by_seed.setdefault(p[0], []).append(p)
     groups = list(by_seed.values())
+    if len(groups) < 3:
+        return r, math.nan, math.nan
     rng = random.Random(seed)
     boots = []
     for _ in range(draws):
@@ -270,7 +277,7 @@ def cluster_bootstrap_r(points: list[tuple[int, float, float]], draws: int = 500
         b = pearson([p[1] for p in sample], [p[2] for p in sample])
         if b == b:
             boots.append(b)
-    if len(groups) < 3 or not boots:
+    if not boots:
         return r, math.nan, math.nan
     boots.sort()
     return r, boots[int(0.025 * len(boots))], boots[int(0.975 * len(boots)) - 1]
@@ -283,13 +290,28 @@ def pressure_runs(records: dict, seeds: list[int], kl_coefs: list[float]) -> lis
     out = []
     for s in seeds:
         for beta in sorted(set(kl_coefs) | {0.02}):
-            r = records.get(f"seed{s}" if beta == 0.02 else f"kl_{fmt_number(beta)}.seed{s}")
-            if r is None or not have([r], SPG) or not have([r], GOLD) or rm_acc(r, STEP2_RM, PPO) != rm_acc(r, STEP2_RM, PPO):
+            r = sweep_record(records, s, beta)
+            if r is None or not have([r], SPG) or not have([r], GOLD) or math.isnan(rm_acc(r, STEP2_RM, PPO)):
                 continue
             ppo = value(r, PPO, "accuracy", 100)
             out.append({"seed": s, "beta": beta, "rm_on_ppo": rm_acc(r, STEP2_RM, PPO),
                         **{name: value(r, name, "accuracy", 100) - ppo for name in (SPG, FRESH, GOLD)}})
     return out
+
+
+def split_at_median(items: list[dict], name: str) -> tuple[float, list[tuple[str, list[dict]]], tuple]:
+    """The runs split at the median of the Step-2 RM's accuracy on PPO's samples over all of them
+    (below it: PPO fooled its RM more), each half keeping the runs that have `name`; and the
+    correlation of name's gain with that accuracy."""
+    cut = statistics.median(x["rm_on_ppo"] for x in items)
+    items = [x for x in items if not math.isnan(x[name])]
+    halves = [("fooled more (below the median)", [x for x in items if x["rm_on_ppo"] < cut]),
+              ("fooled less (at or above it)", [x for x in items if x["rm_on_ppo"] >= cut])]
+    return cut, halves, cluster_bootstrap_r([(x["seed"], x["rm_on_ppo"], x[name]) for x in items])
+
+
+def r_cell(r: tuple[float, float, float]) -> str:
+    return "–" if math.isnan(r[0]) else f"{r[0]:+.2f}" + ("" if math.isnan(r[1]) else f" [{r[1]:+.2f}, {r[2]:+.2f}]")
 
 
 def per_run_table(items: list[dict]) -> str:
@@ -299,25 +321,21 @@ def per_run_table(items: list[dict]) -> str:
     if len(items) < 4:
         return ""
     cut = statistics.median(x["rm_on_ppo"] for x in items)
-    halves = [("fooled more (below the median)", [x for x in items if x["rm_on_ppo"] < cut]),
-              ("fooled less (at or above it)", [x for x in items if x["rm_on_ppo"] >= cut])]
     rows = [f"| runs, by the Step-2 RM's accuracy on PPO's samples (median {cut:.1f}%) | runs | its accuracy there | "
             "method | − PPO, exact accuracy: mean ± 95% (higher in) | median | correlation of the gain with that "
             "accuracy, all runs [95%, seeds resampled] |", "|---|---|---|---|---|---|---|"]
     for name in (GOLD, SPG, FRESH):
-        have_it = [x for x in items if x[name] == x[name]]
-        if len(have_it) < 4:
+        if sum(not math.isnan(x[name]) for x in items) < 4:
             continue
-        r = cluster_bootstrap_r([(x["seed"], x["rm_on_ppo"], x[name]) for x in have_it])
+        _, halves, r = split_at_median(items, name)
         for label, half in halves:
-            gains = [x[name] for x in half if x[name] == x[name]]
-            if not gains:
+            if not half:
                 continue
+            gains = [x[name] for x in half]
             m, c = mean_ci(gains)
             rows.append(f"| {label} | {len(gains)} | {statistics.fmean(x['rm_on_ppo'] for x in half):.1f} | {name} | "
                         f"{fmt(m, c, 1, '+')} ({sum(g > 0 for g in gains)}/{len(gains)}) | {statistics.median(gains):+.1f} | "
-                        + ("–" if r[0] != r[0] else f"{r[0]:+.2f}" + ("" if r[1] != r[1] else f" [{r[1]:+.2f}, {r[2]:+.2f}]"))
-                        + " |")
+                        f"{r_cell(r)} |")
     return "\n".join(rows)
 
 
@@ -458,16 +476,14 @@ def findings(runs: list[dict], sweep_points: dict, records: list[dict] = (), per
         lines.append(f"- {name} − PPO in exact accuracy against the KL coefficient: "
                      + ", ".join(f"β {b}: {fmt(m, c, 1, '+')}" for b, m, c in pts) + ".")
     if len(per_run) >= 4:
-        cut = statistics.median(x["rm_on_ppo"] for x in per_run)
-        halves = [[x[SPG] for x in per_run if x["rm_on_ppo"] < cut], [x[SPG] for x in per_run if x["rm_on_ppo"] >= cut]]
+        cut, split, r = split_at_median(per_run, SPG)
+        halves = [[x[SPG] for x in half] for _, half in split]
         (m1, c1), (m2, c2) = mean_ci(halves[0]), mean_ci(halves[1])
-        r = cluster_bootstrap_r([(x["seed"], x["rm_on_ppo"], x[SPG]) for x in per_run])
         lines.append(f"- Per run ({len(per_run)} runs: every seed and KL coefficient): where PPO fooled the Step-2 RM more "
                      f"(its accuracy on PPO's samples below the median, {cut:.1f}%), {SPG} − PPO is {fmt(m1, c1, 1, '+')} "
                      f"exact accuracy (higher in {sum(g > 0 for g in halves[0])} of {len(halves[0])}); where it fooled it "
                      f"less, {fmt(m2, c2, 1, '+')} (higher in {sum(g > 0 for g in halves[1])} of {len(halves[1])}). "
-                     f"Correlation of the gain with that accuracy: {r[0]:+.2f}"
-                     + ("" if r[1] != r[1] else f" [{r[1]:+.2f}, {r[2]:+.2f}]") + ".")
+                     f"Correlation of the gain with that accuracy: {r_cell(r)}.")
     labels = label_accuracy(list(records))
     if labels:
         lines.append(labels)
