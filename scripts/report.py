@@ -404,8 +404,8 @@ def uml_table(records: dict, seeds: list[int]) -> str:
 
 
 def noise_table(records: dict, seeds: list[int]) -> str:
-    """Steps 3-5 of five seeds run twice, the second time with --micro-batch (the same training,
-    another float summation order): per seed and paired over seeds, in exact accuracy."""
+    """Five seeds run twice from the same data, the second time with --micro-batch (the same
+    training, another float summation order): per seed and paired over seeds, in exact accuracy."""
     pairs = [(records[f"seed{s}"], records[f"noise.seed{s}"]) for s in seeds
              if f"seed{s}" in records and f"noise.seed{s}" in records]
     if not pairs:
@@ -734,9 +734,10 @@ step, and the UML heads learn at 1e-3 (`--uml-lr`) against their 1e-4.
     if noise:
         sections.append(f"""## Float-level noise
 
-Steps 3 to 5 of the same five seeds run again, from the same SFT model and Step-2 RM, with
-`--micro-batch 16`: the same data, settings and seeds, only the float summation order of every
-gradient differs (as on another kind of CPU). Which conclusions survive is what this table is for.
+The same five seeds run again from the same data, every stage re-learned (SFT, the Step-2 RM,
+Steps 3 to 5), with `--micro-batch 16`: the same settings and seeds, only the float summation
+order of every gradient differs. SFT's 800 steps grow that into a slightly different SFT model, as
+another kind of CPU does. Which conclusions survive is what this table is for.
 
 {noise}
 """)

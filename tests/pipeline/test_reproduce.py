@@ -78,6 +78,19 @@ def test_noise_table_compares_the_same_seeds(tmp_path):
     assert f"{report.PPO} on" not in table
 
 
+def test_noise_reruns_relearn_everything_after_the_data():
+    # Re-running only Steps 3-5 with another summation order can repeat PPO exactly (no sampled token
+    # flips); a noise re-run therefore starts from the data alone and re-learns SFT and the Step-2 RM.
+    import argparse
+    args = argparse.Namespace(tiny=False, seeds=[0, 1, 2, 3, 4, 5], sweep=False, rounds=False, lambdas=False,
+                              noise=True, ablations=False, kl_coefs=[], lambda_values=[], ablation_seeds=1)
+    noise = [j for j in reproduce.jobs(args) if j.group == "noise"]
+    assert [j.name for j in noise] == [f"noise.seed{s}" for s in range(5)]
+    for job in noise:
+        assert job.copy == ["data"] and job.after == ("main", f"seed{job.seed}")
+        assert job.commands == [["--controls", "--micro-batch", str(reproduce.MICRO_BATCH)]]
+
+
 def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--sweep",
@@ -99,6 +112,8 @@ def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
     rounds = [c for c in records["seed0"]["commands"] if "--rlp-rounds" in c]
     assert rounds and "RLP-SPG, round 3" in records["seed0"]["results"]["policies"]  # the rounds joined the main run
     assert all("samples" not in row for rows in records["seed0"]["metrics"]["ppo"] for row in [rows])
+    # a record says which stages its run started from (copies of its seed's main run)
+    assert records["kl_0.05.seed0"]["copied"] == reproduce.BEFORE_PPO and records["seed0"]["copied"] == []
     uml0 = records["seed0"]["metrics"]["rlp_reward_uml0"]  # UML's code with lambda 0: its logs are in the record
     assert any("extra_grad_norm" in r for r in uml0) and any("hidden_within_share_after" in r for r in uml0)
     # the paired row is computed from the records
