@@ -492,12 +492,13 @@ def findings(runs: list[dict], sweep_points: dict, records: list[dict] = (), per
 
 # ----------------------------------------------------------------------------- figures
 
-def figures(runs: list[dict], sweep_points: dict, out_dir: Path, per_run: list[dict] = ()) -> list[str]:
+def figures(runs: list[dict], sweep_points: dict, out_dir: Path, per_run: list[dict] = ()) -> dict[str, str]:
+    """Draws the report's figures into out_dir; returns {what: file name} for those drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = []
+    names = {}
     if sweep_points:
         fig, ax = plt.subplots(figsize=(6.4, 4))
         for i, (name, pts) in enumerate(sweep_points.items()):
@@ -513,7 +514,7 @@ def figures(runs: list[dict], sweep_points: dict, out_dir: Path, per_run: list[d
         fig.tight_layout()
         fig.savefig(out_dir / "pressure_sweep.png", dpi=120)
         plt.close(fig)
-        names.append("pressure_sweep.png")
+        names["sweep"] = "pressure_sweep.png"
     if len(per_run) >= 4:
         fig, ax = plt.subplots(figsize=(6.4, 4))
         for name, marker in ((SPG, "o"), (FRESH, "s")):
@@ -529,7 +530,7 @@ def figures(runs: list[dict], sweep_points: dict, out_dir: Path, per_run: list[d
         fig.tight_layout()
         fig.savefig(out_dir / "per_run_gain.png", dpi=120)
         plt.close(fig)
-        names.insert(1 if sweep_points else 0, "per_run_gain.png")
+        names["per_run"] = "per_run_gain.png"
     labels = [p for p in policy_labels(train.STAGES) if have(runs, p)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, (key, title, scale) in zip(axes, [("accuracy", "exact accuracy (%)", 100), ("win_rate", "win-rate (%)", 1)]):
@@ -542,7 +543,7 @@ def figures(runs: list[dict], sweep_points: dict, out_dir: Path, per_run: list[d
     fig.tight_layout()
     fig.savefig(out_dir / "main_table.png", dpi=120)
     plt.close(fig)
-    names.append("main_table.png")
+    names["main"] = "main_table.png"
     rms = [rm for rm in [STEP2_RM, UML_RM, UML0_RM, SPG_RM, FRESH_RM]
            if all(rm in r["results"].get("rm_accuracy", {}) for r in runs)]
     fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -558,7 +559,7 @@ def figures(runs: list[dict], sweep_points: dict, out_dir: Path, per_run: list[d
     fig.tight_layout()
     fig.savefig(out_dir / "rm_accuracy.png", dpi=120)
     plt.close(fig)
-    names.append("rm_accuracy.png")
+    names["rm_accuracy"] = "rm_accuracy.png"
     return names
 
 
@@ -648,7 +649,7 @@ pairs as SPG synthesised) instead of SPG's synthetic ones.
 
 {main_table(runs)}
 
-![every seed]({rel}/{pics[-2]})
+![every seed]({rel}/{pics['main']})
 
 {distribution(runs)}
 
@@ -675,7 +676,7 @@ instruction, from each policy; mean ± 95% interval over seeds.
 
 {rm_table(runs, sources)}
 
-![RM accuracy]({rel}/{pics[-1]})
+![RM accuracy]({rel}/{pics['rm_accuracy']})
 """]
     if points:
         sections.append(f"""## RLP against over-optimisation pressure
@@ -688,7 +689,7 @@ gold − PPO), the share of PPO's shortfall each recovers.
 
 {sweep_rows}
 
-![pressure sweep]({rel}/{pics[0]})
+![pressure sweep]({rel}/{pics['sweep']})
 """)
     per_run_rows = per_run_table(per_run)
     if per_run_rows:
@@ -706,7 +707,7 @@ own policy is better there.
 
 {per_run_rows}
 
-![every run]({rel}/per_run_gain.png)
+![every run]({rel}/{pics['per_run']})
 """)
     rounds = rounds_table([records[f"seed{s}"] for s in first5])
     if rounds.count("\n") > 1:

@@ -122,6 +122,10 @@ def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
                                                                                              "win_rate"))
     assert f"| {report.PPO} − {report.SFT} | win-rate (points) | {report.fmt(d['mean'], d['ci'], 1, '+')} |" in text
     assert (tmp_path / "figures" / "pressure_sweep.png").stat().st_size > 1000
+    import re
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)  # every figure the report shows, each a file drawn here
+    assert "figures/main_table.png" in images and "figures/rm_accuracy.png" in images and len(set(images)) == len(images)
+    assert all((results.parent / image).stat().st_size > 1000 for image in images)
     # a second invocation finds every record complete and runs nothing; the report rebuilds from records alone
     again = subprocess.run(cmd + ["--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and "min\n" not in again.stdout.split("all runs complete")[0]
