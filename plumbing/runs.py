@@ -372,12 +372,22 @@ def data_sources(cfg: config.Config) -> dict | None:
     return {name: {"path": path, "sha256": file_sha256(path)} for name, path in cfg.data.files.items()}
 
 
-@functools.lru_cache(maxsize=None)
 def file_sha256(path: str) -> str | None:
-    """A file's SHA-256, read once per process (the settings check, the data stage's skip decision
-    and its output all need it); None for a missing file (the data stage then says so)."""
+    """A file's SHA-256 (the settings check, the data stage's skip decision and its output all need
+    it); None for a missing file (the data stage then says so). Read once per version of the file:
+    the cache is keyed by its size and modification time too, so a process that runs train.main
+    twice (a notebook, a test) sees a file changed in between."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return _sha256(str(p), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
     import hashlib
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def data_is_current(cfg: config.Config, out: Path) -> bool:

@@ -399,14 +399,14 @@ def test_a_changed_data_file_is_not_silently_reused(tmp_path, tiny):
     paths = write_alpacafarm_jsonl(tmp_path)
     out = tmp_path / "run"
     args = ["--model", tiny["chat"], *data_args(paths), "--embedding-model", tiny["encoder"], "--stage", "data"]
-    train(out, args, here=False)  # subprocesses: a new process reads the file anew
+    train(out, args)  # in one process, as a notebook would: the second call must see the change
     first = (out / "data" / "sft.jsonl").read_text()
     recs = [json.loads(line) for line in paths["sft"].read_text().splitlines()]
     recs[0]["output"] = "Paris, of course."
     paths["sft"].write_text("".join(json.dumps(r) + "\n" for r in recs))
-    proc = train(out, args, check=False, here=False)  # same paths, new contents: refused
+    proc = train(out, args, check=False)  # same paths, new contents: refused
     assert proc.returncode != 0 and f"data file contents changed since the run was made: {paths['sft']}" in proc.stderr
-    train(out, args + ["--force"], here=False)  # --force redoes the data stage from the new file
+    train(out, args + ["--force"], here=True)  # --force redoes the data stage from the new file
     assert (out / "data" / "sft.jsonl").read_text() != first
     assert "Paris, of course." in (out / "data" / "sft.jsonl").read_text()
     sources = json.loads((out / "data" / "sources.json").read_text())
