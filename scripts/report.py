@@ -403,15 +403,26 @@ def uml_table(records: dict, seeds: list[int]) -> str:
     return "\n".join(rows)
 
 
+def noise_pairs(records: dict, seeds: list[int]) -> list[tuple[dict, dict]]:
+    """(original, re-run) records of the seeds that have both."""
+    return [(records[f"seed{s}"], records[f"noise.seed{s}"]) for s in seeds
+            if f"seed{s}" in records and f"noise.seed{s}" in records]
+
+
+def own_change(pairs: list[tuple[dict, dict]], name: str) -> list[float]:
+    """How far a policy's own exact accuracy moved between each original and its re-run (points)."""
+    return [abs(value(q, name, "accuracy", 100) - value(r, name, "accuracy", 100)) for r, q in pairs
+            if have([r, q], name)]
+
+
 def noise_table(records: dict, seeds: list[int]) -> str:
     """Five seeds run twice from the same data, the second time with --micro-batch (the same
     training, another float summation order): per seed and paired over seeds, in exact accuracy."""
-    pairs = [(records[f"seed{s}"], records[f"noise.seed{s}"]) for s in seeds
-             if f"seed{s}" in records and f"noise.seed{s}" in records]
+    pairs = noise_pairs(records, seeds)
     if not pairs:
         return ""
     rows = ["| difference (exact accuracy, points) | original: mean ± 95% (higher in) | re-run: mean ± 95% (higher in) "
-            "| per seed: original → re-run |", "|---|---|---|---|"]
+            "| interval: original → re-run | per seed: original → re-run |", "|---|---|---|---|---|"]
     for a, b in [(PPO, SFT), (GOLD, PPO), (SPG, PPO), (UML, PPO), (FRESH, PPO)]:
         orig = [r for r, _ in pairs]
         again = [r for _, r in pairs]
@@ -420,8 +431,15 @@ def noise_table(records: dict, seeds: list[int]) -> str:
         d1 = paired_differences(series(orig, a, "accuracy", 100), series(orig, b, "accuracy", 100))
         d2 = paired_differences(series(again, a, "accuracy", 100), series(again, b, "accuracy", 100))
         rows.append(f"| {a} − {b} | {fmt(d1['mean'], d1['ci'], 1, '+')} ({d1['higher']}/{d1['n']}) | "
-                    f"{fmt(d2['mean'], d2['ci'], 1, '+')} ({d2['higher']}/{d2['n']}) | "
+                    f"{fmt(d2['mean'], d2['ci'], 1, '+')} ({d2['higher']}/{d2['n']}) | {verdict(d1)} → {verdict(d2)} | "
                     + ", ".join(f"{x:+.1f} → {y:+.1f}" for x, y in zip(d1["diffs"], d2["diffs"])) + " |")
+    moved = []  # how far one seed's own number moves under the perturbation: the noise a single run carries
+    for name in (SFT, PPO, GOLD, SPG, UML, FRESH):
+        change = own_change(pairs, name)
+        if change:
+            moved.append(f"{name} {statistics.median(change):.1f} (max {max(change):.1f})")
+    rows.append("\nHow far each policy's own exact accuracy moved between the original and the re-run, median over "
+                "seeds (max), in points: " + "; ".join(moved) + ".")
     same = []
     for name in (PPO, GOLD, SPG, UML, FRESH):
         seeds_same = [r["name"] for r, q in pairs if have([r, q], name)
@@ -484,6 +502,17 @@ def findings(runs: list[dict], sweep_points: dict, records: list[dict] = (), per
                      f"exact accuracy (higher in {sum(g > 0 for g in halves[0])} of {len(halves[0])}); where it fooled it "
                      f"less, {fmt(m2, c2, 1, '+')} (higher in {sum(g > 0 for g in halves[1])} of {len(halves[1])}). "
                      f"Correlation of the gain with that accuracy: {r_cell(r)}.")
+    pairs = noise_pairs({r["name"]: r for r in records}, [r["seed"] for r in runs][:5])
+    if pairs and have([r for pair in pairs for r in pair], SPG):
+        d = [paired_differences(series(side, SPG, "accuracy", 100), series(side, PPO, "accuracy", 100))
+             for side in ([r for r, _ in pairs], [q for _, q in pairs])]
+        ppo, spg = own_change(pairs, PPO), own_change(pairs, SPG)
+        lines.append(f"- Float-level noise ({len(pairs)} seeds re-run from the data with another summation order): "
+                     f"{SPG} − PPO went from {fmt(d[0]['mean'], d[0]['ci'], 1, '+')} ({verdict(d[0])}; higher in "
+                     f"{d[0]['higher']} of {len(pairs)}) to {fmt(d[1]['mean'], d[1]['ci'], 1, '+')} ({verdict(d[1])}; "
+                     f"higher in {d[1]['higher']} of {len(pairs)}) exact accuracy; one seed's PPO moved by "
+                     f"{statistics.median(ppo):.1f} points (median; max {max(ppo):.1f}), its {SPG} by "
+                     f"{statistics.median(spg):.1f} (max {max(spg):.1f}).")
     labels = label_accuracy(list(records))
     if labels:
         lines.append(labels)

@@ -72,10 +72,37 @@ def test_noise_table_compares_the_same_seeds(tmp_path):
     records = {"seed0": fake_record("seed0", 0, pol), "noise.seed0": fake_record("noise.seed0", 0, {
         report.SFT: (50.0, 0.7, 0.8), report.PPO: (49.0, 0.6, 0.7), report.GOLD: (60.0, 0.9, 0.95)})}
     table = report.noise_table(records, [0])
-    assert f"| {report.PPO} − {report.SFT} | +10.0 (1/1) | -10.0 (0/1) | +10.0 → -10.0 |" in table
+    assert f"| {report.PPO} − {report.SFT} | +10.0 (1/1) | -10.0 (0/1) | one seed → one seed | +10.0 → -10.0 |" in table
     # PPO on the gold reward has the same gold score in both (0.95): the re-run repeated it; PPO's moved
     assert "Unchanged by the perturbation" in table and f"{report.GOLD} on seed0." in table
     assert f"{report.PPO} on" not in table
+
+
+def test_noise_table_says_how_far_one_seed_moves():
+    # three seeds; SPG - PPO is +4, +6, +5 originally (above 0) and +4, -6, +5 in the re-run (interval
+    # includes 0); each policy's own change per seed: PPO 0, 10, 2 points -> median 2, max 10; SPG 0, 2, 2
+    acc = {0: (0.70, 0.74, 0.70, 0.74), 1: (0.60, 0.66, 0.70, 0.64), 2: (0.80, 0.85, 0.82, 0.87)}
+    records = {}
+    for s, (ppo, spg, ppo2, spg2) in acc.items():
+        records[f"seed{s}"] = fake_record(f"seed{s}", s, {report.PPO: (50.0, ppo, 0.5), report.SPG: (50.0, spg, 0.5)})
+        records[f"noise.seed{s}"] = fake_record(f"noise.seed{s}", s, {report.PPO: (50.0, ppo2, 0.5 + s / 10),
+                                                                       report.SPG: (50.0, spg2, 0.6)})
+    table = report.noise_table(records, [0, 1, 2])
+    row = next(line for line in table.splitlines() if line.startswith(f"| {report.SPG} − {report.PPO}"))
+    d1 = report.paired_differences([74.0, 66.0, 85.0], [70.0, 60.0, 80.0])
+    d2 = report.paired_differences([74.0, 64.0, 87.0], [70.0, 70.0, 82.0])
+    assert d1["diffs"] == pytest.approx([4.0, 6.0, 5.0]) and d2["diffs"] == pytest.approx([4.0, -6.0, 5.0])
+    assert f"| {report.verdict(d1)} → {report.verdict(d2)} |" in row and report.verdict(d1) == "above 0"
+    assert report.verdict(d2) == "includes 0" and "+6.0 → -6.0" in row
+    assert f"{report.PPO} 2.0 (max 10.0)" in table and f"{report.SPG} 2.0 (max 2.0)" in table
+    # PPO's gold score is unchanged on seed 0 only; SPG's on none
+    assert f"{report.PPO} on seed0." in table and f"{report.SPG} on" not in table
+    # the findings say the same in one line
+    found = report.findings([records[f"seed{s}"] for s in range(3)], {}, list(records.values()))
+    line = next(x for x in found.splitlines() if x.startswith("- Float-level noise (3 seeds"))
+    assert (f"went from {report.fmt(d1['mean'], d1['ci'], 1, '+')} (above 0; higher in 3 of 3) to "
+            f"{report.fmt(d2['mean'], d2['ci'], 1, '+')} (includes 0; higher in 2 of 3)") in line
+    assert "PPO moved by 2.0 points (median; max 10.0)" in line and f"its {report.SPG} by 2.0 (max 2.0)" in line
 
 
 def test_noise_reruns_relearn_everything_after_the_data():
