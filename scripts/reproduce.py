@@ -57,6 +57,9 @@ MICRO_BATCH = 16                # the float-noise re-runs: the same training, an
 # (no sampled token flipped), while SFT's 800 steps amplify the same perturbation into another SFT
 # model, as another kind of CPU does.
 NOISE_COPY = STAGE_DIRS[:1]
+# Stages a variant may re-make when its seed's main run folder is not on this machine (only its record
+# is): the data are drawn from the seed with integer arithmetic, so re-making them repeats them exactly.
+REMADE = STAGE_DIRS[:1]
 ROUNDS = 3                      # iterated RLP-SPG
 
 # name: (group, stages copied from the seed's main run, train.py flags)
@@ -144,6 +147,27 @@ def done_commands(name: str) -> list[list[str]]:
     return record["commands"] if record else []
 
 
+def start_from(job: Job, runs: Path) -> None:
+    """A new variant's folder: the finished stages it shares with its seed's main run, copied. A stage
+    in REMADE that is not there (the main run was made on another machine; only its record is here)
+    is left for train.py to make again; any other missing stage is an error, before anything is written."""
+    out = runs / job.name
+    if not job.copy or out.exists():
+        return
+    base, tmp = runs / f"seed{job.seed}", out.with_name(out.name + ".copying")
+    missing = [s for s in job.copy if not (base / s / "DONE").is_file() and s not in REMADE]
+    if missing:
+        raise SystemExit(f"error: {job.name} starts from stage(s) {', '.join(missing)} of {base}, which are not "
+                         f"there: run seed {job.seed}'s main run in {runs} first (delete results/runs/"
+                         f"seed{job.seed}.json.gz to make this script run it)")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for stage in job.copy:
+        if (base / stage / "DONE").is_file():
+            shutil.copytree(base / stage, tmp / stage)
+    os.replace(tmp, out)
+
+
 def run(job: Job, runs: Path, threads: int, log) -> float:
     """Complete one run folder: copy its starting stages, run its commands (train.py skips what is
     complete), then write its record. Returns the seconds it took (0: its record says it is done)."""
@@ -152,12 +176,7 @@ def run(job: Job, runs: Path, threads: int, log) -> float:
         return 0.0
     out = runs / job.name
     t0 = time.time()
-    if job.copy and not out.exists():
-        base, tmp = runs / f"seed{job.seed}", out.with_name(out.name + ".copying")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for stage in job.copy:
-            shutil.copytree(base / stage, tmp / stage)
-        os.replace(tmp, out)
+    start_from(job, runs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     for cmd in job.commands:
         full = [sys.executable, str(ROOT / "train.py"), "--quiet", "--seed", str(job.seed), "--out", str(out), *cmd]
@@ -198,6 +217,9 @@ def run_all(todo: list[Job], runs: Path, workers: int, log) -> None:
     complete, with a progress bar and an estimate of the time left (from the minutes the finished
     jobs of each kind took)."""
     from tqdm import tqdm
+    # a run whose record says it is complete costs nothing: leaving it out keeps the bar's minutes and
+    # time-left estimate to the work still to do (a job waiting on it then starts at once)
+    todo = [j for j in todo if not all(cmd in done_commands(j.name) for cmd in j.commands)]
     guess = {"main": 20.0, "sweep": 12.0, "rounds": 10.0, "lambda": 4.0, "noise": 22.0, "ablation": 5.0}  # minutes
     pending, finished, running = list(todo), set(), {}
     wanted = {(j.group, j.name) for j in todo}

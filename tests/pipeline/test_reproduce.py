@@ -118,6 +118,25 @@ def test_noise_reruns_relearn_everything_after_the_data():
         assert job.commands == [["--controls", "--micro-batch", str(reproduce.MICRO_BATCH)]]
 
 
+def test_a_variant_starts_from_its_seeds_stages_or_remakes_only_the_data(tmp_path):
+    # On a fresh machine only the main runs' records exist: a noise re-run (data copied) makes its data
+    # again, which the seed draws exactly; a sweep point (SFT and RM copied) must refuse, writing nothing.
+    runs = tmp_path / "runs"
+    (runs / "seed3" / "data").mkdir(parents=True)
+    (runs / "seed3" / "data" / "DONE").write_text("")
+    (runs / "seed3" / "data" / "sft.jsonl").write_text("x")
+    noise = reproduce.Job("noise.seed3", "noise", 3, [["--controls"]], copy=reproduce.NOISE_COPY)
+    reproduce.start_from(noise, runs)
+    assert (runs / "noise.seed3" / "data" / "sft.jsonl").read_text() == "x"
+    alone = reproduce.Job("noise.seed4", "noise", 4, [["--controls"]], copy=reproduce.NOISE_COPY)
+    reproduce.start_from(alone, runs)
+    assert (runs / "noise.seed4").is_dir() and not any((runs / "noise.seed4").iterdir())
+    sweep = reproduce.Job("kl_0.05.seed4", "sweep", 4, [["--kl-coef", "0.05"]], copy=reproduce.BEFORE_PPO)
+    with pytest.raises(SystemExit, match="sft"):
+        reproduce.start_from(sweep, runs)
+    assert not (runs / "kl_0.05.seed4").exists() and not (runs / "kl_0.05.seed4.copying").exists()
+
+
 def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
     runs, results = tmp_path / "runs", tmp_path / "RESULTS.md"
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--tiny", "--seeds", "0", "1", "--sweep",
