@@ -613,10 +613,30 @@ def read_versions_table(text: str) -> dict[str, str]:
 
 
 def hardware() -> str:
+    """This machine in one line: the CPU's model and the vector kernels torch picked on it (AVX2,
+    AVX512, ...), which decide float summation orders, so two records with different lines may differ
+    in their last digits."""
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores "
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:  # not Linux
+        pass
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores{' ' + model if model else ''} "
             f"({torch.backends.cpu.get_cpu_capability()}), {gpu}; Python {platform.python_version()}")
+
+
+def machines(records: list[dict]) -> str:
+    """Where the runs ran, from their records (each names the machine that made it), with how many each."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        key = rec.get("machine", "a machine its record does not name")
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def run_minutes(rec: dict) -> float:
@@ -660,7 +680,7 @@ def write(records_dir: Path, names: list[str], args, command: str, results: Path
 
 Produced by `{command}`, every number computed by scripts/report.py from the runs' records in
 `{os.path.relpath(records_dir, ROOT) if ROOT in Path(records_dir).resolve().parents else records_dir}/` ({len(names)} runs; {total / 60:.1f} hours of stage time in all, two runs at a
-time with one thread each) on: {hardware()}. The main table has {len(seeds)} seeds ({', '.join(map(str, seeds))});
+time with one thread each) on: {machines([r for r in records.values() if r["name"] in names])}. The main table has {len(seeds)} seeds ({', '.join(map(str, seeds))});
 the sweeps use seeds {', '.join(map(str, first5))}. Seeds 0–9 were never used to choose a setting
 (TUNING.md, at the end). Exact numbers depend on the CPU kind and the pinned versions
 (docs/reproducibility.md); the conclusions rest on the spread over seeds.
@@ -762,12 +782,16 @@ step, and the UML heads learn at 1e-3 (`--uml-lr`) against their 1e-4.
 """)
     noise = noise_table(records, first5)
     if noise:
+        pairs = noise_pairs(records, first5)
+        before, after = machines([r for r, _ in pairs]), machines([q for _, q in pairs])
+        where = (f", and on another kind of CPU ({after}; the originals ran on {before}), whose vector kernels "
+                 f"sum in yet another order" if before != after else "")
         sections.append(f"""## Float-level noise
 
-The same five seeds run again from the same data, every stage re-learned (SFT, the Step-2 RM,
-Steps 3 to 5), with `--micro-batch 16`: the same settings and seeds, only the float summation
-order of every gradient differs. SFT's 800 steps grow that into a slightly different SFT model, as
-another kind of CPU does. Which conclusions survive is what this table is for.
+The same seeds run again from the same data, every stage re-learned (SFT, the Step-2 RM, Steps 3
+to 5), with `--micro-batch 16`{where}: the same settings and seeds, only float summation orders
+differ. SFT's 800 steps grow that into a slightly different SFT model (its own row below says by how
+much). Which conclusions survive is what this table is for.
 
 {noise}
 """)

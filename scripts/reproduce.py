@@ -130,7 +130,8 @@ def write_record(out: Path, job: Job, commands: list[list[str]]) -> None:
     def rows(path: Path) -> list[dict]:
         return [{k: v for k, v in json.loads(line).items() if k != "samples"}
                 for line in path.read_text().splitlines() if line.strip()]
-    record = {"name": out.name, "seed": job.seed, "commands": commands, "copied": job.copy,
+    import report
+    record = {"name": out.name, "seed": job.seed, "commands": commands, "copied": job.copy, "machine": report.hardware(),
               "config": json.loads((out / "config.json").read_text()),
               "timings": rows(out / "timings.jsonl"),
               "results": json.loads((out / "eval" / "results.json").read_text()),

@@ -105,6 +105,15 @@ def test_noise_table_says_how_far_one_seed_moves():
     assert "PPO moved by 2.0 points (median; max 10.0)" in line and f"its {report.SPG} by 2.0 (max 2.0)" in line
 
 
+def test_the_report_names_the_machines_its_records_ran_on():
+    # the header is read from the records (a report rebuilt elsewhere must not name its own machine)
+    a, b = "Linux x86_64, 2 CPU cores X (AVX2)", "Linux x86_64, 2 CPU cores X (AVX512)"
+    recs = [{"machine": a}, {"machine": b}, {"machine": a}, {}]
+    assert report.machines(recs[:1] + recs[2:3]) == a
+    assert report.machines(recs) == f"{a} (2 runs); {b} (1 run); a machine its record does not name (1 run)"
+    assert "(" in report.hardware() and "CPU cores" in report.hardware()
+
+
 def test_noise_reruns_relearn_everything_after_the_data():
     # Re-running only Steps 3-5 with another summation order can repeat PPO exactly (no sampled token
     # flips); a noise re-run therefore starts from the data alone and re-learns SFT and the Step-2 RM.
@@ -160,6 +169,7 @@ def test_tiny_reproduction_runs_every_kind_of_run(tmp_path):
     assert all("samples" not in row for rows in records["seed0"]["metrics"]["ppo"] for row in [rows])
     # a record says which stages its run started from (copies of its seed's main run)
     assert records["kl_0.05.seed0"]["copied"] == reproduce.BEFORE_PPO and records["seed0"]["copied"] == []
+    assert records["seed0"]["machine"] == report.hardware()  # the machine that made it, for the report's header
     uml0 = records["seed0"]["metrics"]["rlp_reward_uml0"]  # UML's code with lambda 0: its logs are in the record
     assert any("extra_grad_norm" in r for r in uml0) and any("hidden_within_share_after" in r for r in uml0)
     # the paired row is computed from the records
