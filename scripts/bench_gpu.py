@@ -49,9 +49,18 @@ def tiny():
 
 
 def smollm2_config():
-    from transformers import AutoConfig
-    folder, gguf = models.resolve_model("smollm2")
-    return AutoConfig.from_pretrained(folder, gguf_file=gguf)
+    """SmolLM2-135M's configuration, read from its GGUF file (requirements-models.txt); where that
+    package or gguf is not installed (a GPU machine with its own image), the same shape written out
+    (HuggingFaceTB/SmolLM2-135M's published config.json). The weights are random either way."""
+    from transformers import AutoConfig, LlamaConfig
+    try:
+        import gguf  # noqa: F401  (transformers reads the file with it)
+        folder, gguf_file = models.resolve_model("smollm2")
+        return AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    except (ImportError, SystemExit):
+        return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                           num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                           rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, pad_token_id=0)
 
 
 def build(cfg, device, train: bool, head: bool, fresh_head: bool, lora_rank: int, shard: bool, seed: int):
