@@ -19,6 +19,7 @@ import platform
 import random
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -630,13 +631,10 @@ def hardware() -> str:
 
 def machines(records: list[dict]) -> str:
     """Where the runs ran, from their records (each names the machine that made it), with how many each."""
-    counts: dict[str, int] = {}
-    for rec in records:
-        key = rec.get("machine", "a machine its record does not name")
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter(rec.get("machine", "a machine its record does not name") for rec in records).most_common()
     if len(counts) == 1:
-        return next(iter(counts))
-    return "; ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return counts[0][0]
+    return "; ".join(f"{m} ({n} run{'s' if n != 1 else ''})" for m, n in counts)
 
 
 def run_minutes(rec: dict) -> float:

@@ -52,14 +52,14 @@ RECORDS = ROOT / "results" / "runs"
 KL_COEFS = [0.0067, 0.05, 0.1]  # the pressure sweep, beside the default 0.02 (the main runs)
 LAMBDAS = [0.1, 1]              # the UML weight, beside the default 0.5 (main runs) and 0 (their control)
 MICRO_BATCH = 16                # the float-noise re-runs: the same training, another summation order
-# A noise re-run starts from the data alone (integers, no float sum) and re-learns SFT too: re-running only
-# Steps 3-5 with another summation order left PPO unchanged to the 5th digit on two of three seeds
-# (no sampled token flipped), while SFT's 800 steps amplify the same perturbation into another SFT
-# model, as another kind of CPU does.
-NOISE_COPY = STAGE_DIRS[:1]
 # Stages a variant may re-make when its seed's main run folder is not on this machine (only its record
 # is): the data are drawn from the seed with integer arithmetic, so re-making them repeats them exactly.
 REMADE = STAGE_DIRS[:1]
+# A noise re-run starts from the data alone (no float sum) and re-learns SFT too: re-running only
+# Steps 3-5 with another summation order left PPO unchanged to the 5th digit on two of three seeds
+# (no sampled token flipped), while SFT's 800 steps amplify the same perturbation into another SFT
+# model, as another kind of CPU does.
+NOISE_COPY = REMADE
 ROUNDS = 3                      # iterated RLP-SPG
 
 # name: (group, stages copied from the seed's main run, train.py flags)
@@ -148,6 +148,12 @@ def done_commands(name: str) -> list[list[str]]:
     return record["commands"] if record else []
 
 
+def recorded(job: Job) -> bool:
+    """The job's record says every one of its commands is complete."""
+    done = done_commands(job.name)
+    return all(cmd in done for cmd in job.commands)
+
+
 def start_from(job: Job, runs: Path) -> None:
     """A new variant's folder: the finished stages it shares with its seed's main run, copied. A stage
     in REMADE that is not there (the main run was made on another machine; only its record is here)
@@ -156,25 +162,25 @@ def start_from(job: Job, runs: Path) -> None:
     if not job.copy or out.exists():
         return
     base, tmp = runs / f"seed{job.seed}", out.with_name(out.name + ".copying")
-    missing = [s for s in job.copy if not (base / s / "DONE").is_file() and s not in REMADE]
+    present = [s for s in job.copy if (base / s / "DONE").is_file()]
+    missing = [s for s in job.copy if s not in present and s not in REMADE]
     if missing:
         raise SystemExit(f"error: {job.name} starts from stage(s) {', '.join(missing)} of {base}, which are not "
                          f"there: run seed {job.seed}'s main run in {runs} first (delete results/runs/"
                          f"seed{job.seed}.json.gz to make this script run it)")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for stage in job.copy:
-        if (base / stage / "DONE").is_file():
-            shutil.copytree(base / stage, tmp / stage)
+    for stage in present:
+        shutil.copytree(base / stage, tmp / stage)
     os.replace(tmp, out)
 
 
 def run(job: Job, runs: Path, threads: int, log) -> float:
     """Complete one run folder: copy its starting stages, run its commands (train.py skips what is
     complete), then write its record. Returns the seconds it took (0: its record says it is done)."""
-    done = done_commands(job.name)
-    if all(cmd in done for cmd in job.commands):
+    if recorded(job):
         return 0.0
+    done = done_commands(job.name)
     out = runs / job.name
     t0 = time.time()
     start_from(job, runs)
@@ -207,8 +213,8 @@ def finished(job: Job, runs: Path) -> bool:
 def collect(todo: list[Job], runs: Path, log) -> None:
     """Records of the runs that are complete, without running anything (runs made elsewhere)."""
     for job in todo:
-        done = done_commands(job.name)
-        if not all(cmd in done for cmd in job.commands) and finished(job, runs):
+        if not recorded(job) and finished(job, runs):
+            done = done_commands(job.name)
             write_record(runs / job.name, job, done + [cmd for cmd in job.commands if cmd not in done])
             log(f"  recorded {job.name} ({job.group})")
 
@@ -220,7 +226,7 @@ def run_all(todo: list[Job], runs: Path, workers: int, log) -> None:
     from tqdm import tqdm
     # a run whose record says it is complete costs nothing: leaving it out keeps the bar's minutes and
     # time-left estimate to the work still to do (a job waiting on it then starts at once)
-    todo = [j for j in todo if not all(cmd in done_commands(j.name) for cmd in j.commands)]
+    todo = [j for j in todo if not recorded(j)]
     guess = {"main": 20.0, "sweep": 12.0, "rounds": 10.0, "lambda": 4.0, "noise": 22.0, "ablation": 5.0}  # minutes
     pending, finished, running = list(todo), set(), {}
     wanted = {(j.group, j.name) for j in todo}
@@ -281,7 +287,7 @@ def main(argv=None) -> None:
     todo = jobs(args)
     if args.collect:
         collect(todo, Path(args.runs), log)
-        todo = [j for j in todo if all(c in done_commands(j.name) for c in j.commands)]
+        todo = [j for j in todo if recorded(j)]
     elif not args.report_only:
         runs = Path(args.runs)
         runs.mkdir(parents=True, exist_ok=True)
@@ -294,7 +300,7 @@ def main(argv=None) -> None:
                                            "lambdas": True, "noise": True, "ablations": False,
                                            "kl_coefs": KL_COEFS, "lambda_values": LAMBDAS}))
     lacking = [f"{j.group}.{j.name}" if j.name.startswith("seed") else j.name for j in programme
-               if not all(c in done_commands(j.name) for c in j.commands)]
+               if not recorded(j)]
     report.write(RECORDS, sorted({j.name for j in todo}), args, command.strip(), Path(args.results),
                  Path(args.figures), [] if args.tiny else lacking)
     log(f"wrote {args.results} and {args.figures}/")
